@@ -1,0 +1,69 @@
+"""`msm`: the one command-line entry point. Each subcommand lives in its own module
+with an `add_parser(subparsers)` function; heavy imports happen inside handlers so
+`msm --help` stays instant."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from msm_jax.config import ConfigError
+from msm_jax.errors import UserError
+
+# Subcommand modules, in the order of the data path.
+COMMAND_MODULES = (
+    "data_pipeline.generate_cli",     # msm generate docs|chats
+    "data_pipeline.cli",              # msm tokenizer train, msm shards
+    "msm_jax.commands.train",         # msm train
+    "msm_jax.commands.convert",       # msm convert hf-to-orbax|orbax-to-hf|lora-to-peft
+    "eval.cli",                       # msm eval
+    "msm_jax.commands.experiment",    # msm run, msm sweep, msm demo
+)
+
+DESCRIPTION = """\
+msm-jax: Model Spec Midtraining on JAX.
+
+The data path: generate (spec -> documents/chats) -> shards (tokenize, pack)
+-> train (midtrain, then SFT) -> convert (Orbax <-> Hugging Face) -> eval.
+Every command takes --help. Configs are YAML under configs/, with key.sub=value
+overrides after the config file (MaxText style).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msm", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # a command whose module is not written yet
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"msm: config error: {e}", file=sys.stderr)
+        return 2
+    except UserError as e:
+        print(f"msm: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("msm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Attention with segment ids, behind one function that picks the kernel.
+
+`xla` is the reference every other path is tested against. Packed rows hold several
+documents; a query attends only to keys of the same segment, at or before its slot.
+Segment id 0 marks padding (and empty KV-cache slots).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from msm_jax.sharding import constrain
+
+
+def resolve_impl(impl: str) -> str:
+    """`auto` -> the best kernel for the default backend."""
+    if impl != "auto":
+        return impl
+    backend = jax.default_backend()
+    if backend == "tpu":
+        return "splash"
+    if backend == "gpu":
+        return "cudnn"
+    return "xla"
+
+
+def attention_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, q_offset: jax.Array | int = 0) -> jax.Array:
+    """[B, T, S] boolean: same non-padding segment and causal in slot order."""
+    t, s = q_segment_ids.shape[1], kv_segment_ids.shape[1]
+    q_slot = jnp.arange(t)[:, None] + q_offset
+    kv_slot = jnp.arange(s)[None, :]
+    causal = kv_slot <= q_slot
+    same = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+    return same & (kv_segment_ids[:, None, :] != 0) & causal[None]
+
+
+def xla_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0):
+    """Reference path: explicit GQA einsums and a masked fp32 softmax."""
+    b, t, h, d = q.shape
+    kv_heads = k.shape[2]
+    group = h // kv_heads
+    q = q.reshape(b, t, kv_heads, group, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(d))
+    mask = attention_mask(q_segment_ids, kv_segment_ids, q_offset)[:, None, None]
+    # A finite fill keeps fully masked (padding) rows NaN-free; their outputs are unused.
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, d)
+
+
+def cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0):
+    """cuDNN fused attention; the segment/causal structure goes in as a boolean mask."""
+    mask = attention_mask(q_segment_ids, kv_segment_ids, q_offset)[:, None]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+
+
+def splash_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0):
+    """TPU splash attention (Pallas) with segment ids, mapped over batch and heads."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    b, t, h, d = q.shape
+    if t != k.shape[1] or not isinstance(q_offset, int) or q_offset != 0:
+        return xla_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset)  # decode steps
+    group = h // k.shape[2]
+    mask = sm.MultiHeadMask([sm.CausalMask((t, t)) for _ in range(h)])
+    kernel = sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1)
+    k = jnp.repeat(k, group, axis=2)
+    v = jnp.repeat(v, group, axis=2)
+    scale = 1.0 / jnp.sqrt(jnp.float32(d)).astype(q.dtype)
+
+    def one(qb, kb, vb, qs, ks):
+        seg = sk.SegmentIds(q=qs, kv=ks)
+        # splash wants [heads, length, head_dim]
+        return kernel(qb.swapaxes(0, 1) * scale, kb.swapaxes(0, 1), vb.swapaxes(0, 1), segment_ids=seg).swapaxes(0, 1)
+
+    return jax.vmap(one)(q, k, v, q_segment_ids, kv_segment_ids)
+
+
+_IMPLS = {"xla": xla_attention, "cudnn": cudnn_attention, "splash": splash_attention}
+
+
+def attention(q, k, v, q_segment_ids, kv_segment_ids, *, impl: str = "auto", q_offset=0):
+    """q [B,T,H,D], k/v [B,S,KV,D] -> [B,T,H,D]. H must be a multiple of KV."""
+    impl = resolve_impl(impl)
+    if impl not in _IMPLS:
+        raise ValueError(f"unknown attention implementation {impl!r} (choose from {sorted(_IMPLS)})")
+    out = _IMPLS[impl](q, k, v, q_segment_ids, kv_segment_ids, q_offset)
+    return constrain(out, ("batch", "length", "act_heads", None))

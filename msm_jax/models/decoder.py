@@ -1,0 +1,233 @@
+"""One Flax NNX decoder for Llama 3.x, Qwen2.5 and Qwen3.
+
+Parameter names follow Hugging Face one to one (`layers.self_attn.q_proj.kernel` is
+`model.layers.N.self_attn.q_proj.weight`, transposed), so `msm_jax.hf` is a name table.
+Layers are always stored stacked along a leading `layers` axis: one checkpoint layout
+whether the forward pass scans (`scan_layers`, compile time independent of depth) or
+unrolls. Every parameter carries its logical axis names in the `axes` metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from msm_jax.models.attention import attention
+from msm_jax.models.config import ModelConfig
+from msm_jax.models.rope import apply_rope, inverse_frequencies
+from msm_jax.sharding import constrain
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+KVCache = dict  # {"k": [L,B,S,KV,D], "v": [L,B,S,KV,D], "segment_ids": [B,S], "index": int32[]}
+
+
+def _normal(rngs: nnx.Rngs, shape, std: float, dtype) -> jax.Array:
+    return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel (+ bias). `kernel` is [in, out], i.e. the HF weight transposed."""
+
+    def __init__(self, in_dim: int, out_dim: int, axes: tuple[str, str], *, bias: bool,
+                 cfg: ModelConfig, rngs: nnx.Rngs):
+        dtype = DTYPES[cfg.param_dtype]
+        self.kernel = nnx.Param(_normal(rngs, (in_dim, out_dim), cfg.init_std, dtype), axes=axes)
+        self.bias = nnx.Param(jnp.zeros((out_dim,), dtype), axes=(axes[1],)) if bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.dot(x, self.kernel[...].astype(x.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(x.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, cfg: ModelConfig, axis_name: str = "norm"):
+        self.scale = nnx.Param(jnp.ones((dim,), DTYPES[cfg.param_dtype]), axes=(axis_name,))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return normed.astype(x.dtype) * self.scale[...].astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        d, hd = cfg.hidden_size, cfg.resolved_head_dim
+        self.cfg = cfg
+        self.q_proj = Linear(d, cfg.num_heads * hd, ("embed", "heads"), bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
+        self.k_proj = Linear(d, cfg.num_kv_heads * hd, ("embed", "kv_heads"), bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
+        self.v_proj = Linear(d, cfg.num_kv_heads * hd, ("embed", "kv_heads"), bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
+        self.o_proj = Linear(cfg.num_heads * hd, d, ("heads", "embed"), bias=False, cfg=cfg, rngs=rngs)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(hd, cfg.rms_norm_eps, cfg, "head_dim")
+            self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, cfg, "head_dim")
+        else:
+            self.q_norm = self.k_norm = None
+        self.inv_freq = inverse_frequencies(hd, cfg.rope_theta, cfg.rope_scaling)
+
+    def __call__(self, x, positions, segment_ids, kv_cache=None, cache_segment_ids=None, cache_index=None):
+        cfg = self.cfg
+        b, t, _ = x.shape
+        hd = cfg.resolved_head_dim
+        q = self.q_proj(x).reshape(b, t, cfg.num_heads, hd)
+        k = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, hd)
+        v = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q, positions, self.inv_freq)
+        k = apply_rope(k, positions, self.inv_freq)
+        q = constrain(q, ("batch", "length", "act_heads", None))
+        k = constrain(k, ("batch", "length", "act_kv_heads", None))
+        if kv_cache is None:
+            out = attention(q, k, v, segment_ids, segment_ids, impl=cfg.attention_impl)
+            new_cache = None
+        else:
+            k_all = jax.lax.dynamic_update_slice_in_dim(kv_cache[0], k.astype(kv_cache[0].dtype), cache_index, axis=1)
+            v_all = jax.lax.dynamic_update_slice_in_dim(kv_cache[1], v.astype(kv_cache[1].dtype), cache_index, axis=1)
+            out = attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), segment_ids, cache_segment_ids,
+                            impl="xla", q_offset=cache_index)
+            new_cache = (k_all, v_all)
+        return self.o_proj(out.reshape(b, t, cfg.num_heads * hd)), new_cache
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = Linear(d, f, ("embed", "mlp"), bias=False, cfg=cfg, rngs=rngs)
+        self.up_proj = Linear(d, f, ("embed", "mlp"), bias=False, cfg=cfg, rngs=rngs)
+        self.down_proj = Linear(f, d, ("mlp", "embed"), bias=False, cfg=cfg, rngs=rngs)
+
+    def __call__(self, x):
+        h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+        h = constrain(h, ("batch", "length", "act_mlp"))
+        return self.down_proj(h)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg)
+        self.self_attn = Attention(cfg, rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x, positions, segment_ids, kv_cache=None, cache_segment_ids=None, cache_index=None):
+        attn_out, new_cache = self.self_attn(self.input_layernorm(x), positions, segment_ids,
+                                             kv_cache, cache_segment_ids, cache_index)
+        h = x + attn_out
+        out = h + self.mlp(self.post_attention_layernorm(h))
+        return constrain(out, ("batch", "length", "act_embed")), new_cache
+
+
+def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+    """A Block whose every parameter has a leading `layers` axis of size num_layers."""
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Block(cfg, nnx.Rngs(0))))
+    keys = jax.random.split(rngs.params(), cfg.num_layers)
+    state = jax.vmap(lambda key: nnx.state(Block(cfg, nnx.Rngs(params=key))))(keys)
+    blocks = nnx.merge(graphdef, state)
+    for _, var in nnx.iter_graph(blocks):
+        if isinstance(var, nnx.Param):
+            var.set_metadata(axes=("layers",) + tuple(var.get_metadata()["axes"]))
+    return blocks
+
+
+class Decoder(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        vp, d = cfg.padded_vocab_size, cfg.hidden_size
+        self.embed_tokens = nnx.Param(_normal(rngs, (vp, d), cfg.init_std, DTYPES[cfg.param_dtype]),
+                                      axes=("vocab", "embed"))
+        self.layers = stacked_blocks(cfg, rngs)
+        self.norm = RMSNorm(d, cfg.rms_norm_eps, cfg)
+        self.lm_head = None if cfg.tie_embeddings else Linear(d, vp, ("embed", "vocab"), bias=False, cfg=cfg, rngs=rngs)
+
+    # -- pieces -------------------------------------------------------------------------
+
+    def embed(self, tokens: jax.Array) -> jax.Array:
+        # Replicating the vocab axis for the gather avoids XLA's full rematerialisation
+        # of a vocab-sharded table (see FACTS.md).
+        table = constrain(self.embed_tokens[...], (None, "embed"))
+        x = jnp.take(table, tokens, axis=0).astype(DTYPES[self.cfg.compute_dtype])
+        return constrain(x, ("batch", "length", "act_embed"))
+
+    def hidden_states(self, tokens, positions=None, segment_ids=None, cache: Optional[KVCache] = None):
+        """Final-norm hidden states [B, T, d] (and the updated cache when given one)."""
+        cfg = self.cfg
+        if segment_ids is None:
+            segment_ids = jnp.ones(tokens.shape, jnp.int32)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        x = self.embed(tokens)
+        graphdef, layer_state = nnx.split(self.layers)
+        cache_index = None if cache is None else cache["index"]
+        cache_segments = None
+        if cache is not None:
+            cache_segments = jax.lax.dynamic_update_slice_in_dim(cache["segment_ids"], segment_ids, cache_index, axis=1)
+
+        def body(h, xs):
+            params, kv = xs
+            block = nnx.merge(graphdef, params)
+            h, new_kv = block(h, positions, segment_ids, kv, cache_segments, cache_index)
+            return h, new_kv
+
+        if cfg.remat_policy != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+        kv_xs = None if cache is None else (cache["k"], cache["v"])
+        if cfg.scan_layers:
+            x, new_kv = jax.lax.scan(body, x, (layer_state, kv_xs))
+        else:
+            outs = []
+            for i in range(cfg.num_layers):
+                x, kv_i = body(x, jax.tree.map(lambda a: a[i], (layer_state, kv_xs)))
+                outs.append(kv_i)
+            new_kv = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+        x = self.norm(x)
+        if cache is None:
+            return x, None
+        new_cache = {"k": new_kv[0], "v": new_kv[1], "segment_ids": cache_segments,
+                     "index": cache_index + tokens.shape[1]}
+        return x, new_cache
+
+    def output_kernel(self) -> jax.Array:
+        """[d, padded_vocab] projection to logits (the embedding, transposed, when tied)."""
+        return self.embed_tokens[...].T if self.lm_head is None else self.lm_head.kernel[...]
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """fp32 logits over the padded vocabulary; padding columns are -1e9."""
+        w = self.output_kernel().astype(hidden.dtype)
+        logits = jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
+        logits = constrain(logits, ("batch", "length", "act_vocab"))
+        return mask_padded_vocab(logits, self.cfg.vocab_size)
+
+    def __call__(self, tokens, positions=None, segment_ids=None, cache: Optional[KVCache] = None):
+        hidden, new_cache = self.hidden_states(tokens, positions, segment_ids, cache)
+        logits = self.logits(hidden)
+        return logits if cache is None else (logits, new_cache)
+
+
+def mask_padded_vocab(logits: jax.Array, vocab_size: int, offset: int = 0) -> jax.Array:
+    if offset + logits.shape[-1] <= vocab_size:
+        return logits
+    ids = offset + jnp.arange(logits.shape[-1])
+    return jnp.where(ids < vocab_size, logits, jnp.float32(-1e9))
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+    """An empty KV cache (all slots segment 0 = invisible)."""
+    dtype = dtype or DTYPES[cfg.compute_dtype]
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "segment_ids": jnp.zeros((batch, max_len), jnp.int32), "index": jnp.zeros((), jnp.int32)}
