@@ -43,11 +43,14 @@ class Linear(nnx.Module):
         dtype = DTYPES[cfg.param_dtype]
         self.kernel = nnx.Param(_normal(rngs, (in_dim, out_dim), cfg.init_std, dtype), axes=axes)
         self.bias = nnx.Param(jnp.zeros((out_dim,), dtype), axes=(axes[1],)) if bias else None
+        self.lora = None  # a LoRA adapter module (msm_jax.models.lora), set when LoRA is applied
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = jnp.dot(x, self.kernel[...].astype(x.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
+        if self.lora is not None:
+            y = y + self.lora(x)
         return y
 
 
@@ -75,7 +78,6 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, cfg, "head_dim")
         else:
             self.q_norm = self.k_norm = None
-        self.inv_freq = inverse_frequencies(hd, cfg.rope_theta, cfg.rope_scaling)
 
     def __call__(self, x, positions, segment_ids, kv_cache=None, cache_segment_ids=None, cache_index=None):
         cfg = self.cfg
@@ -86,8 +88,9 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rope(q, positions, self.inv_freq)
-        k = apply_rope(k, positions, self.inv_freq)
+        inv_freq = inverse_frequencies(hd, cfg.rope_theta, cfg.rope_scaling)  # a trace-time constant
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
         q = constrain(q, ("batch", "length", "act_heads", None))
         k = constrain(k, ("batch", "length", "act_kv_heads", None))
         if kv_cache is None:
@@ -157,9 +160,9 @@ class Decoder(nnx.Module):
     # -- pieces -------------------------------------------------------------------------
 
     def embed(self, tokens: jax.Array) -> jax.Array:
-        # Replicating the vocab axis for the gather avoids XLA's full rematerialisation
+        # Gathering from a replicated table avoids XLA's full rematerialisation
         # of a vocab-sharded table (see FACTS.md).
-        table = constrain(self.embed_tokens[...], (None, "embed"))
+        table = constrain(self.embed_tokens[...], (None, None))
         x = jnp.take(table, tokens, axis=0).astype(DTYPES[self.cfg.compute_dtype])
         return constrain(x, ("batch", "length", "act_embed"))
 

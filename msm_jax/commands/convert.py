@@ -1,0 +1,76 @@
+"""`msm convert`: Hugging Face <-> Orbax, with optional logit-parity verification."""
+
+from __future__ import annotations
+
+import argparse
+
+from msm_jax.config import parse_override
+
+EPILOG = """\
+examples:
+  msm convert hf-to-orbax ./Qwen3-0.6B ./ckpt/qwen3-0.6b --verify
+  msm convert orbax-to-hf ./runs/sft/checkpoints ./export/sft --tokenizer ./Qwen3-0.6B --verify
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert between Hugging Face directories and Orbax checkpoints",
+                       description="Convert models between Hugging Face directories (config.json + "
+                                   "safetensors) and msm-jax Orbax checkpoints, tensor by tensor.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    conv = p.add_subparsers(dest="direction", metavar="DIRECTION", required=True)
+
+    imp = conv.add_parser("hf-to-orbax", help="import a Hugging Face model directory")
+    imp.add_argument("hf_dir", help="directory with config.json and model.safetensors (or an index)")
+    imp.add_argument("ckpt_dir", help="Orbax checkpoint directory to create (local or gs://)")
+    imp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="model execution option, e.g. param_dtype=float32, compute_dtype=bfloat16")
+    imp.add_argument("--verify", action="store_true", help="compare logits with transformers after import")
+    imp.set_defaults(func=_hf_to_orbax)
+
+    exp = conv.add_parser("orbax-to-hf", help="export a checkpoint as a Hugging Face model directory")
+    exp.add_argument("ckpt_dir", help="Orbax checkpoint directory (msm train run's checkpoints, or an import)")
+    exp.add_argument("hf_dir", help="output directory")
+    exp.add_argument("--step", type=int, help="checkpoint step (default: latest complete)")
+    exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                     help="tensor dtype in the export (default: the checkpoint's parameter dtype)")
+    exp.add_argument("--tokenizer", metavar="DIR", help="copy tokenizer files from this directory")
+    exp.add_argument("--max-shard-size", type=float, default=5.0, metavar="GB", help="safetensors shard size")
+    exp.add_argument("--verify", action="store_true", help="compare logits with transformers after export")
+    exp.set_defaults(func=_orbax_to_hf)
+
+
+def _options(pairs: list[str]) -> dict:
+    return dict(parse_override(p) for p in pairs)
+
+
+def _verify(ckpt_dir: str, hf_dir: str) -> None:
+    from msm_jax.hf.verify import transformers_available, verify_parity
+
+    if not transformers_available():
+        print("verify: skipped (transformers/torch not installed)")
+        return
+    diff = verify_parity(ckpt_dir, hf_dir)
+    print(f"verify: max |logit difference| msm-jax vs transformers = {diff:.3g} (float32)")
+
+
+def _hf_to_orbax(args: argparse.Namespace) -> int:
+    from msm_jax.hf.import_hf import hf_to_orbax
+
+    cfg = hf_to_orbax(args.hf_dir, args.ckpt_dir, **_options(args.set))
+    print(f"imported {cfg.family} model ({cfg.num_params() / 1e6:.2f}M params, {cfg.param_dtype}) "
+          f"-> {args.ckpt_dir}")
+    if args.verify:
+        _verify(args.ckpt_dir, args.hf_dir)
+    return 0
+
+
+def _orbax_to_hf(args: argparse.Namespace) -> int:
+    from msm_jax.hf.export_hf import orbax_to_hf
+
+    out = orbax_to_hf(args.ckpt_dir, args.hf_dir, step=args.step, dtype=args.dtype, tokenizer_dir=args.tokenizer,
+                      max_shard_bytes=int(args.max_shard_size * 2**30))
+    print(f"exported {args.ckpt_dir} -> {out}")
+    if args.verify:
+        _verify(args.ckpt_dir, args.hf_dir)
+    return 0

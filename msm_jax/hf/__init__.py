@@ -1,0 +1,1 @@
+"""Hugging Face interchange: config translation, parameter names, streaming import/export."""
