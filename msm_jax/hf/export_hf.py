@@ -68,11 +68,15 @@ def orbax_to_hf(ckpt_dir: str | Path, hf_dir: str | Path, *, step: Optional[int]
     dtype = dtype or cfg.param_dtype
     np_dtype = np.dtype(DTYPES[dtype])
     arrays = CheckpointArrays(ckpt_dir, step)
+    current: dict[str, np.ndarray] = {}  # the one parameter being exported (stacked arrays are
+    # stored as a single chunk, so reading it once beats decoding it again for every layer)
 
     def producer(tm, layer):
         def produce():
-            store = arrays.array(tm.key)
-            arr = np.asarray(store[layer].read().result() if tm.stacked else store.read().result())
+            if tm.key not in current:
+                current.clear()
+                current[tm.key] = np.asarray(arrays.array(tm.key).read().result())
+            arr = current[tm.key][layer] if tm.stacked else current[tm.key]
             if tm.vocab_axis is not None:
                 arr = arr[: cfg.vocab_size] if tm.vocab_axis == 0 else arr[:, : cfg.vocab_size]
             return arr.T if tm.transpose else arr

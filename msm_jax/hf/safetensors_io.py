@@ -1,4 +1,4 @@
-"""Streaming safetensors: read tensors through a memory map, write shards tensor by tensor.
+"""Streaming safetensors: read one tensor at a time, write shards tensor by tensor.
 
 The `safetensors` package writes a whole shard from an in-memory dict; this writer knows
 every tensor's shape up front (from the config), writes the header first and then each
@@ -32,7 +32,6 @@ class SafetensorsReader:
     def __init__(self, hf_dir: str | Path):
         self.dir = Path(hf_dir)
         self._entries: dict[str, tuple[Path, dict, int]] = {}
-        self._maps: dict[Path, np.memmap] = {}
         for path in self._files():
             self._read_header(path)
 
@@ -88,18 +87,21 @@ class SafetensorsReader:
         return tuple(self._entries[name][1]["shape"])
 
     def get(self, name: str) -> np.ndarray:
-        """A read-only view of the tensor's bytes in the file (no copy)."""
+        """The tensor, read into a fresh array (a plain read, not a memory map, so that pages
+        of tensors already converted do not stay resident)."""
         if name not in self._entries:
             raise UserError(f"{self.dir}: tensor {name} is missing")
         path, info, base = self._entries[name]
-        if path not in self._maps:
-            self._maps[path] = np.memmap(path, dtype=np.uint8, mode="r")
         start, end = info["data_offsets"]
-        return self._maps[path][base + start: base + end].view(DTYPES[info["dtype"]]).reshape(info["shape"])
+        out = np.empty(info["shape"], DTYPES[info["dtype"]])
+        with open(path, "rb") as f:
+            f.seek(base + start)
+            if f.readinto(memoryview(out).cast("B")) != end - start:
+                raise UserError(f"{path}: truncated safetensors file while reading {name}")
+        return out
 
     def close(self) -> None:
-        """Drop the maps; pages are released once no returned view is alive."""
-        self._maps.clear()
+        """Nothing stays open between reads; kept so callers can use try/finally uniformly."""
 
 
 TensorSpec = tuple[str, tuple[int, ...], np.dtype, Callable[[], np.ndarray]]
@@ -142,7 +144,7 @@ def write_sharded(out_dir: str | Path, tensors: Iterable[TensorSpec], max_shard_
                 arr = np.ascontiguousarray(produce(), dtype=dtype)
                 if arr.shape != tuple(shape):
                     raise ValueError(f"tensor {name}: produced shape {arr.shape}, planned {tuple(shape)}")
-                f.write(arr.tobytes())
+                arr.reshape(-1).view(np.uint8).tofile(f)  # no intermediate bytes copy
                 del arr
         tmp.replace(out_dir / fname)
     if len(shards) > 1:
