@@ -96,7 +96,7 @@ class SafetensorsReader:
         out = np.empty(info["shape"], DTYPES[info["dtype"]])
         with open(path, "rb") as f:
             f.seek(base + start)
-            if f.readinto(memoryview(out).cast("B")) != end - start:
+            if f.readinto(out.reshape(-1).view(np.uint8)) != end - start:
                 raise UserError(f"{path}: truncated safetensors file while reading {name}")
         return out
 
