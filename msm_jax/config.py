@@ -8,8 +8,9 @@ Composition:
   * `include: other.yaml` (or a list) at any mapping level merges those files first;
     the including mapping's own keys win. Paths resolve against the including file's
     folder, then against the repository's `configs/` folder.
-  * A string where a preset section is expected (`model: qwen3-0.6b`) is shorthand
-    for `{include: models/qwen3-0.6b.yaml}`.
+  * `model: qwen3-0.6b` is shorthand for `{include: models/qwen3-0.6b.yaml}` when that
+    preset file exists; an unknown preset where a model section is expected is an error
+    that lists the available ones.
   * Overrides `model.num_layers=4` are parsed as YAML scalars and applied last.
 """
 
@@ -94,14 +95,24 @@ def _expand(node: Any, source: str, base_dir: Path | None, prefix: str,
         if not isinstance(key, str):
             raise ConfigError(f"{source}: {_join(prefix, str(key))}: keys must be strings")
         path = _join(prefix, key)
-        if key in PRESET_DIRS and isinstance(value, str):
-            value = {"include": f"{PRESET_DIRS[key]}/{value}.yaml"}
-        value = _expand(value, source, base_dir, path, sources, stack)
+        value = _expand(_preset(key, value), source, base_dir, path, sources, stack)
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             _deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
+
+
+def _preset(key: str, value: Any) -> Any:
+    """`model: qwen3-0.6b` -> `{include: models/qwen3-0.6b.yaml}` when that preset exists;
+    other strings under such keys (e.g. an API model name) stay strings."""
+    if key in PRESET_DIRS and isinstance(value, str) and (CONFIGS_DIR / PRESET_DIRS[key] / f"{value}.yaml").is_file():
+        return {"include": f"{PRESET_DIRS[key]}/{value}.yaml"}
+    return value
+
+
+def preset_names(key: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS_DIR / PRESET_DIRS[key]).glob("*.yaml"))
 
 
 def _deep_merge(dst: dict, src: dict) -> None:
@@ -136,9 +147,8 @@ def apply_override(tree: dict, key: str, value: Any, sources: dict[str, str]) ->
     node = tree
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
-        if isinstance(child, str) and part in PRESET_DIRS:
-            child = _expand({"include": f"{PRESET_DIRS[part]}/{child}.yaml"}, "command line",
-                            None, ".".join(parts[: i + 1]), sources, ())
+        if isinstance(child, str) and isinstance(_preset(part, child), dict):
+            child = _expand(_preset(part, child), "command line", None, ".".join(parts[: i + 1]), sources, ())
             node[part] = child
         if child is None:
             child = node[part] = {}
@@ -146,10 +156,8 @@ def apply_override(tree: dict, key: str, value: Any, sources: dict[str, str]) ->
             raise ConfigError(f"command line: {key}: {'.'.join(parts[:i + 1])} is not a section")
         node = child
     last = parts[-1]
-    if last in PRESET_DIRS and isinstance(value, str):
-        value = _expand({"include": f"{PRESET_DIRS[last]}/{value}.yaml"}, "command line",
-                        None, key, sources, ())
-    elif isinstance(value, dict):
+    value = _preset(last, value)
+    if isinstance(value, dict):
         value = _expand(value, "command line", None, key, sources, ())
     node[last] = value
     sources[key] = "command line"
@@ -221,6 +229,10 @@ def _convert(value: Any, tp: Any, path: str, sources: Mapping[str, str]) -> Any:
             _fail(path, sources, f"expected one of {list(choices)}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
+        key = path.rpartition(".")[2]
+        if isinstance(value, str) and key in PRESET_DIRS:
+            _fail(path, sources, f"unknown preset {value!r} (available in configs/{PRESET_DIRS[key]}/: "
+                                 f"{', '.join(preset_names(key))})")
         if not isinstance(value, Mapping):
             _fail(path, sources, f"expected a section ({tp.__name__}), got {value!r}")
         return _build(tp, value, path, sources)

@@ -74,7 +74,7 @@ def test_validate_errors_carry_path(tmp_path):
 
 def test_unknown_preset_and_hash_stability(tmp_path):
     exp = write(tmp_path, "exp.yaml", "name: x\nmodel: no-such-model\n")
-    with pytest.raises(ConfigError, match=r"exp\.yaml: model\.include: included file 'models/no-such-model.yaml' not found"):
+    with pytest.raises(ConfigError, match=r"exp\.yaml: model: unknown preset 'no-such-model' \(available in configs/models/: .*tiny-llama"):
         load_config(Root, exp)
     a = load_config(Root, write(tmp_path, "a.yaml", "name: x\nmodel: tiny-llama\n"))
     b = load_config(Root, write(tmp_path, "b.yaml", "model: tiny-llama\nname: x\n"))
