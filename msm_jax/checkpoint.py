@@ -231,18 +231,32 @@ def restore_train_step(directory: str | os.PathLike, step: int, *, params_target
         return dict(mngr.restore(step, args=ocp.args.Composite(**items)))
 
 
-def restore_latest_train_step(directory: str | os.PathLike, **targets: Any) -> Optional[dict]:
-    """The newest checkpoint that restores completely; a broken or partial newer one is
-    skipped with a warning. None when the directory holds no checkpoint."""
+def set_aside(directory: str | os.PathLike, step: int) -> None:
+    """Rename a broken step folder to `<step>.broken` (kept for inspection, no longer a step)."""
+    src = _path(directory) / str(step)
+    dst = _path(directory) / f"{step}.broken"
+    if dst.exists():
+        import shutil
+        shutil.rmtree(dst)
+    src.rename(dst)
+    log.warning("%s: moved the broken checkpoint step %d aside to %s", directory, step, dst.name)
+
+
+def restore_latest_train_step(directory: str | os.PathLike, **targets: Any) -> tuple[Optional[dict], list[int]]:
+    """(items of the newest checkpoint that restores completely, or None when there is none;
+    the newer steps skipped, each with a warning, because they are partial or corrupt)."""
+    broken = []
     for step in candidate_steps(directory):
         try:
             items = restore_train_step(directory, step, **targets)
         except Exception as e:  # any unreadable item makes the whole step unusable
             log.warning("%s: checkpoint step %d is incomplete or corrupt, using an older one (%s: %s)",
                         directory, step, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+            broken.append(step)
             continue
         if not isinstance(items.get("train"), dict) or items["train"].get("step") != step:
             log.warning("%s: checkpoint step %d has no valid train record, using an older one", directory, step)
+            broken.append(step)
             continue
-        return items
-    return None
+        return items, broken
+    return None, broken
