@@ -1,0 +1,258 @@
+"""Results of finished stages: eval summaries flattened into one table, loss curves of the
+train stages, and (for sweeps) metric-vs-tokens curves with confidence intervals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+from msm_jax.errors import UserError
+from msm_jax.experiment import paths
+
+SUMMARY_FILE = "summary.json"  # what `msm eval` writes into its out_dir
+METRICS_FILE = "metrics.jsonl"  # what `msm train` writes into its run_dir
+TRAIN_KINDS = ("pretrain", "midtrain", "sft")  # panel order of the loss curves: the data path's
+SKIPPED_SUMMARY_KEYS = ("per_domain", "by_scenario", "per_question")  # too fine-grained for one table
+
+
+def rate_of(value: Any) -> Optional[tuple[float, Optional[float], Optional[float], Optional[int]]]:
+    """(value, ci_low, ci_high, n) of a summary entry: a number or a {rate, ci_low, ci_high} dict."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value, None, None, None
+    if isinstance(value, dict):
+        for key in ("rate", "mean", "value"):
+            if isinstance(value.get(key), (int, float)) and not isinstance(value.get(key), bool):
+                return (float(value[key]), value.get("ci_low"), value.get("ci_high"),
+                        value.get("n", value.get("num_pairs")))
+    return None
+
+
+def flatten_summary(summary: dict, prefix: str = "", depth: int = 2) -> dict[str, tuple]:
+    """metric name -> (value, ci_low, ci_high, n), for every rate or number up to `depth` levels."""
+    out = {}
+    for key, value in summary.items():
+        if key in SKIPPED_SUMMARY_KEYS:
+            continue
+        name = f"{prefix}{key}"
+        rate = rate_of(value)
+        if rate is not None:
+            out[name] = rate
+        elif isinstance(value, dict) and depth > 1:
+            out.update(flatten_summary(value, f"{name}.", depth - 1))
+    return out
+
+
+def read_summary(eval_dir: str) -> Optional[dict]:
+    """The eval's summary.json: in its out_dir, or in the one subfolder the eval named after itself."""
+    path = paths.join(eval_dir, SUMMARY_FILE)
+    if not paths.exists(path):
+        found = sorted(paths.as_path(eval_dir).glob(f"*/{SUMMARY_FILE}")) if paths.exists(eval_dir) else []
+        if not found:
+            return None
+        path = str(found[0])
+    try:
+        return json.loads(paths.read_text(path))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: corrupt eval summary ({e}); re-run its eval stage") from None
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill mid-write
+            continue
+    return records
+
+
+def fmt(value: float, lo: Optional[float], hi: Optional[float]) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, int):
+        return str(value)
+    text = f"{value:.3f}"
+    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and not math.isnan(lo):
+        text += f" [{lo:.3f}, {hi:.3f}]"
+    return text
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------
+
+
+def plot_loss_curves(curves: dict[str, list[dict]], path: Path) -> Optional[Path]:
+    """One panel per train kind (midtrain, sft), one line per arm: loss vs step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = {name.split("/")[0] for name, recs in curves.items() if recs}
+    kinds = [k for k in TRAIN_KINDS if k in present]
+    if not kinds:
+        return None
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for name, records in sorted(curves.items()):
+            if name.split("/")[0] != kind:
+                continue
+            points = [(r["step"], r["loss"]) for r in records if "step" in r and "loss" in r]
+            if points:
+                ax.plot(*zip(*points), label=name.split("/", 1)[1])
+            evals = [(r["step"], r["eval_loss"]) for r in records if r.get("eval_loss") is not None]
+            if evals:
+                ax.plot(*zip(*evals), "o--", label=f"{name.split('/', 1)[1]} (eval)")
+        ax.set_title(kind)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def mean_with_ci(points: list[tuple[float, Optional[float], Optional[float]]]) -> tuple[float, float, float]:
+    """Across replicates (seeds): mean and a normal-approximation 95% interval of the mean.
+    A single replicate keeps the interval its eval reported (if any)."""
+    values = [p[0] for p in points]
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        lo, hi = points[0][1], points[0][2]
+        return mean, (mean if lo is None else lo), (mean if hi is None else hi)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    half = 1.96 * math.sqrt(var / len(values))
+    return mean, mean - half, mean + half
+
+
+def plot_curves(series: dict[str, list[tuple[float, float, float, float]]], metric: str, x_label: str,
+                path: Path) -> Path:
+    """metric vs x, one line per series, shaded 95% intervals. Points are (x, mean, lo, hi)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in sorted(series.items()):
+        points = sorted(points)
+        xs, ys, los, his = zip(*points)
+        ax.plot(xs, ys, "o-", label=label)
+        ax.fill_between(xs, los, his, alpha=0.2)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(metric)
+    if all(x > 0 for pts in series.values() for x, *_ in pts):
+        ax.set_xscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# The experiment report (a Python stage of `msm run`)
+# ---------------------------------------------------------------------------------------
+
+
+def experiment_rows(stages, cfg) -> tuple[list[str], list[list[str]], list[dict]]:
+    """(header, markdown rows, raw records) of every eval stage's summary."""
+    records = []
+    for stage in stages:
+        if stage.kind != "eval":
+            continue
+        _, eval_name, arm = stage.id.split("/", 2)
+        summary = read_summary(stage.dir)
+        if summary is None:
+            continue
+        label = cfg.arms[arm].label or arm
+        for metric, (value, lo, hi, n) in flatten_summary(summary).items():
+            records.append({"arm": label, "eval": eval_name, "metric": metric, "value": value,
+                            "ci_low": lo, "ci_high": hi, "n": n})
+    metrics = list(dict.fromkeys((r["eval"], r["metric"]) for r in records))
+    arms = list(dict.fromkeys(r["arm"] for r in records))
+    by = {(r["arm"], r["eval"], r["metric"]): r for r in records}
+    header = ["arm"] + [f"{e}: {m}" if len({x[0] for x in metrics}) > 1 else m for e, m in metrics]
+    rows = []
+    for arm in arms:
+        row = [arm]
+        for e, m in metrics:
+            r = by.get((arm, e, m))
+            row.append(fmt(r["value"], r["ci_low"], r["ci_high"]) if r else "")
+        rows.append(row)
+    return header, rows, records
+
+
+def overlap(a: dict, b: dict) -> Optional[bool]:
+    """Whether two records' 95% intervals overlap (None when either has no interval)."""
+    if any(not isinstance(r.get(k), (int, float)) for r in (a, b) for k in ("ci_low", "ci_high")):
+        return None
+    return a["ci_low"] <= b["ci_high"] and b["ci_low"] <= a["ci_high"]
+
+
+def comparison(records: list[dict], headlines: dict[str, Optional[str]]) -> list[str]:
+    """Plain sentences on the headline metric of each eval (default: its first): which arms differ."""
+    lines = []
+    for eval_name in dict.fromkeys(r["eval"] for r in records):
+        rows = [r for r in records if r["eval"] == eval_name]
+        metric = headlines.get(eval_name) or rows[0]["metric"]
+        rows = [r for r in rows if r["metric"] == metric]
+        pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]]
+        apart = [f"{a['arm']} vs {b['arm']}" for a, b in pairs if overlap(a, b) is False]
+        if not pairs:
+            continue
+        if apart:
+            lines.append(f"- {eval_name} / {metric}: the 95% intervals do not overlap for {'; '.join(apart)}.")
+        else:
+            lines.append(f"- {eval_name} / {metric}: every pair of arms has overlapping 95% intervals, so this "
+                         "run shows no difference between the arms on it.")
+    return lines
+
+
+def write_experiment_report(stage, context: dict) -> Path:
+    """report.md with the results table, loss curves and where every stage's output lives."""
+    from msm_jax.experiment.stages import local_dir
+
+    cfg, stages = context["config"], context["stages"]
+    out = Path(local_dir(stage))
+    out.mkdir(parents=True, exist_ok=True)
+    header, rows, records = experiment_rows(stages, cfg)
+    write_csv(out / "results.csv", ["arm", "eval", "metric", "value", "ci_low", "ci_high", "n"],
+              [[r[k] for k in ("arm", "eval", "metric", "value", "ci_low", "ci_high", "n")] for r in records])
+    curves = {s.id if "/" in s.id else f"{s.id}/{s.id}": read_metrics(local_dir(s))
+              for s in stages if s.kind in TRAIN_KINDS}
+    plot = plot_loss_curves(curves, out / "loss_curves.png")
+    lines = [f"# {cfg.name}", "", "## Results", ""]
+    lines.append(markdown_table(header, rows) if rows else "No eval results yet.")
+    lines += ["", "Values are rates with 95% confidence intervals in brackets (from `msm eval`).", ""]
+    lines += comparison(records, {name: ev.headline for name, ev in cfg.evals.items()}) + [""]
+    if cfg.notes:
+        lines += ["## What the arms measure", "", cfg.notes.strip(), ""]
+    lines += ["## Loss curves", "", "![loss curves](loss_curves.png)" if plot else "No train metrics found.", ""]
+    lines += ["## Stages", "", markdown_table(["stage", "folder"], [[s.id, s.dir] for s in stages if s is not stage])]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    context["report_path"] = report
+    return report

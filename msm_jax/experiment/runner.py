@@ -1,0 +1,299 @@
+"""Run a list of resolved stages in order: skip the finished, resume the interrupted, run
+the rest as `msm` subprocesses (exactly the commands a user would type), and print the plan
+on `--dry-run`."""
+
+from __future__ import annotations
+
+import math
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from msm_jax.errors import UserError
+from msm_jax.experiment import manifest, paths
+from msm_jax.experiment.stages import Stage
+
+LOG_FILE = "stage.log"
+LOG_MIRROR = Path(".msm_logs")  # logs of stages whose folder is gs://
+BUCKET_MOUNT = "/gcs/"  # where tools/tpu/install.sh --bucket mounts Cloud Storage on every worker
+ALL_WORKER_KINDS = ("pretrain", "midtrain", "sft", "eval")  # JAX programs that span every host of a slice
+
+
+class Launcher:
+    """Turns a stage's `msm` arguments into the process to start."""
+
+    def __init__(self, msm_prefix: Optional[Sequence[str]] = None):
+        self.msm_prefix = list(msm_prefix or [sys.executable, "-m", "msm_jax.cli"])
+
+    def command(self, stage: Stage) -> list[str]:
+        return self.msm_prefix + stage.argv
+
+
+class TpuLauncher(Launcher):
+    """Runs each stage on a TPU VM through tools/tpu/run_stage.sh: JAX stages on every worker
+    at once, CPU stages (generate, shards, export) on worker 0."""
+
+    def __init__(self, name: str, zone: str, project: Optional[str] = None,
+                 script: str = "tools/tpu/run_stage.sh"):
+        super().__init__(["msm"])
+        self.name, self.zone, self.project, self.script = name, zone, project, script
+
+    def command(self, stage: Stage) -> list[str]:
+        workers = "all" if stage.kind in ALL_WORKER_KINDS else "0"
+        cmd = ["bash", self.script, "--name", self.name, "--zone", self.zone, "--workers", workers]
+        if self.project:
+            cmd += ["--project", self.project]
+        return cmd + ["--", *super().command(stage)]
+
+
+def log_path(stage: Stage) -> Path:
+    if paths.is_remote(stage.dir):
+        return LOG_MIRROR / stage.dir.split("://", 1)[1] / LOG_FILE
+    return Path(stage.dir) / LOG_FILE
+
+
+def statuses(stages: list[Stage], unreachable_ok: bool = False) -> dict[str, manifest.Status]:
+    """Plan-time status of every stage; a stage downstream of one that will run also runs
+    (its key would not change, but its inputs are about to be rewritten). With
+    `unreachable_ok` (dry runs), a gs:// manifest that cannot be read counts as not started."""
+    out: dict[str, manifest.Status] = {}
+    for stage in stages:
+        try:
+            status = "run" if stage.call is not None else manifest.stage_status(stage)
+        except paths.RemoteUnavailable:
+            if not unreachable_ok:
+                raise
+            status = "run"
+        if status == "done" and any(out[d] != "done" for d in stage.deps):
+            status = "run"
+        out[stage.id] = status
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The plan
+# ---------------------------------------------------------------------------------------
+
+
+def _spend(stage: Stage) -> Optional[float]:
+    """Estimated API spend of a generation stage, from the generator's own preview."""
+    try:
+        from data_pipeline import aft_chats, msm_docs
+        from data_pipeline.generate_cli import flag_overrides
+        from msm_jax.cli import build_parser
+        from msm_jax.config import load_config
+
+        args = build_parser().parse_args(stage.argv)
+        module, cls = (msm_docs, msm_docs.DocsConfig) if args.what == "docs" else (aft_chats, aft_chats.ChatsConfig)
+        cfg = load_config(cls, args.config, list(args.overrides) + flag_overrides(args))
+        if cfg.llm.backend != "anthropic":
+            return 0.0
+        return float(module.preview(cfg)["est_total_usd"])
+    except Exception:  # an estimate only: the plan still prints without it
+        return None
+
+
+def _estimates(stages: list[Stage], status: dict[str, manifest.Status]) -> tuple[dict[str, str], float]:
+    """One line of tokens / steps / spend per stage, as far as the configs tell, and the
+    estimated API spend of the generation stages still to run."""
+    tokens = {s.id: s.estimate.get("tokens") for s in stages if s.kind == "shards"}
+    out, total, seen = {}, 0.0, set()
+    for stage in stages:
+        est = stage.estimate
+        if stage.kind == "generate":
+            spend = _spend(stage)
+            out[stage.id] = f"API ~${spend:.2f}" if spend is not None else "API spend: unknown"
+            if spend is not None and status[stage.id] != "done" and stage.dir not in seen:
+                total += spend
+            seen.add(stage.dir)
+        elif stage.kind == "shards":
+            out[stage.id] = f"{est['tokens']:,} tokens" if est.get("tokens") else "all tokens"
+        elif stage.kind in ("pretrain", "midtrain", "sft"):
+            out[stage.id] = _train_line(est, [tokens.get(d) for d in stage.deps if d.startswith("shards/")])
+    return out, total
+
+
+def _train_line(est: dict, shard_tokens: list) -> str:
+    per_step = est.get("tokens_per_step")
+    steps = est.get("steps")
+    if steps is None and per_step and shard_tokens and all(shard_tokens):
+        steps = f"~{math.ceil(sum(shard_tokens) * (est.get('epochs') or 1) / per_step)}"
+    epochs = est.get("epochs") or 1
+    parts = [f"{steps} steps" if steps is not None else f"{epochs} epoch{'s' * (epochs > 1)} over the shards"]
+    if per_step:
+        parts.append(f"{per_step:,} tokens/step")
+    return ", ".join(parts)
+
+
+def print_plan(stages: list[Stage], launcher: Launcher, status: dict[str, manifest.Status], out=print) -> None:
+    est, spend = _estimates(stages, status)
+    first_with_dir: dict[str, str] = {}
+    for stage in stages:
+        first_with_dir.setdefault(stage.dir, stage.id)
+    shared = {s.id: first_with_dir[s.dir] for s in stages if first_with_dir[s.dir] != s.id}
+    counts = {k: sum(1 for sid, v in status.items() if v == k and sid not in shared) for k in ("run", "resume", "done")}
+    out(f"plan: {len(stages) - len(shared)} stages: {counts['run']} to run, {counts['resume']} to resume, "
+        f"{counts['done']} done (skipped); estimated API spend ~${spend:.2f}")
+    for stage in stages:
+        action = "same" if stage.id in shared else {"run": "run", "resume": "resume", "done": "skip"}[status[stage.id]]
+        extra = f"  [{est[stage.id]}]" if stage.id in est else ""
+        where = f"= {shared[stage.id]}" if stage.id in shared else stage.dir
+        out(f"  {action:<6} {stage.id:<36} {where}{extra}")
+        if action in ("run", "resume") and stage.call is None:
+            out(f"         $ {shlex.join(launcher.command(stage))}")
+
+
+# ---------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:])
+    except OSError:
+        return ""
+
+
+def run_stage(stage: Stage, launcher: Launcher, context: dict) -> None:
+    """Run one stage to completion, its manifest marking the start and the end."""
+    paths.makedirs(stage.dir)
+    manifest.mark_started(stage)
+    start = time.time()
+    if stage.call is not None:
+        stage.call(stage, context)
+        manifest.mark_finished(stage, True, time.time() - start)
+        return
+    log = log_path(stage)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = launcher.command(stage)
+    with open(log, "a") as f:
+        f.write(f"$ {shlex.join(cmd)}\n")
+        f.flush()
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    manifest.mark_finished(stage, rc == 0, time.time() - start, {"returncode": rc})
+    if rc != 0:
+        raise UserError(f"stage {stage.id} failed (exit {rc}); its log is {log}. Fix the cause and run the "
+                        f"same command again: finished stages are skipped and this one resumes.\n"
+                        f"--- last lines of {log} ---\n{_tail(log)}")
+
+
+def run_stages(stages: list[Stage], launcher: Launcher, *, dry_run: bool = False, out: Callable = print,
+               context: Optional[dict] = None) -> dict[str, manifest.Status]:
+    """Run what the plan says; returns the plan-time statuses."""
+    status = statuses(stages, unreachable_ok=dry_run)
+    print_plan(stages, launcher, status, out)
+    if dry_run:
+        return status
+    context = context if context is not None else {}
+    context.setdefault("stages", stages)
+    for i, stage in enumerate(stages, 1):
+        if status[stage.id] == "done":
+            continue
+        if stage.call is None and manifest.stage_status(stage) == "done":  # shared with a stage just run
+            continue
+        verb = "resuming" if status[stage.id] == "resume" else "running"
+        out(f"[{i}/{len(stages)}] {verb} {stage.id} ...")
+        start = time.time()
+        run_stage(stage, launcher, context)
+        out(f"[{i}/{len(stages)}] {stage.id} done in {time.time() - start:.1f} s -> {stage.dir}")
+    return status
+
+
+def select(stages: list[Stage], only: Sequence[str]) -> list[Stage]:
+    """The stages whose id contains one of `only`, plus everything they need."""
+    if not only:
+        return stages
+    by_id = {s.id: s for s in stages}
+    keep: set[str] = set()
+
+    def need(sid: str) -> None:
+        if sid not in keep:
+            keep.add(sid)
+            for d in by_id[sid].deps:
+                need(d)
+
+    for s in stages:
+        if any(o in s.id for o in only):
+            need(s.id)
+    if not keep:
+        raise UserError(f"--only {list(only)}: no stage matches (stages: {', '.join(by_id)})")
+    return [s for s in stages if s.id in keep]
+
+
+# ---------------------------------------------------------------------------------------
+# Experiments
+# ---------------------------------------------------------------------------------------
+
+
+def plan_experiment(cfg) -> list[Stage]:
+    """The resolved stages of an ExperimentConfig (keys, folders, concrete commands)."""
+    from msm_jax.experiment.collect import write_experiment_report
+    from msm_jax.experiment.stages import build_stages, resolve
+
+    return resolve(build_stages(cfg, report=write_experiment_report), cfg.out)
+
+
+def missing_inputs(cfg) -> list[str]:
+    """The experiment's own inputs (existing datasets, base model, tokenizer) that are not there."""
+    from msm_jax.experiment.stages import resolve_file
+
+    given = [(f"datasets.{n}.path", d.path) for n, d in cfg.datasets.items() if d.path]
+    given += [("base_model", cfg.base_model), ("tokenizer.path", cfg.tokenizer.path if cfg.tokenizer else None)]
+    return [f"{key}: {value} not found" for key, value in given
+            if value and not paths.is_remote(value) and not Path(resolve_file(value)).exists()]
+
+
+def run_experiment(cfg, *, dry_run: bool = False, only: Sequence[str] = (), launcher: Optional[Launcher] = None,
+                   out: Callable = print) -> dict:
+    """Plan and run an experiment; returns the context (stages, report path)."""
+    from msm_jax.config import to_yaml
+
+    missing = missing_inputs(cfg)
+    if missing and not dry_run and not only:
+        raise UserError("the experiment's inputs are missing (nothing was run):\n  " + "\n  ".join(missing))
+    for line in missing if dry_run else ():
+        out(f"warning: {line}")
+    stages = select(plan_experiment(cfg), only)
+    context = {"config": cfg, "stages": stages}
+    if not dry_run:
+        paths.makedirs(cfg.out)
+        paths.write_text(paths.join(cfg.out, "experiment.yaml"), to_yaml(cfg))
+    start = time.time()
+    run_stages(stages, launcher or Launcher(), dry_run=dry_run, out=out, context=context)
+    if not dry_run:
+        out(f"{cfg.name}: finished in {time.time() - start:.1f} s")
+        if "report_path" in context:
+            out(f"report: {context['report_path']}")
+    return context
+
+
+def make_launcher(kind: str, tpu, out_root: str) -> Launcher:
+    """The local launcher, or the TPU one for a TpuLauncherConfig (whose stages must live on gs://)."""
+    if kind == "local":
+        return Launcher()
+    if tpu is None:
+        raise UserError("--launcher tpu needs the TPU VM: --tpu-name NAME --tpu-zone ZONE (or a `tpu:` section)")
+    if not (paths.is_remote(out_root) or str(out_root).startswith(BUCKET_MOUNT)):
+        raise UserError(f"--launcher tpu: out {out_root!r} must be a folder every TPU worker sees: "
+                        f"{BUCKET_MOUNT}BUCKET/... (tools/tpu/install.sh --bucket mounts it) or gs://BUCKET/...")
+    return TpuLauncher(tpu.name, tpu.zone, tpu.project, tpu.script)
+
+
+def run_experiment_file(path, overrides: Sequence[str] = (), *, dry_run: bool = False, only: Sequence[str] = (),
+                        launcher: str = "local", tpu_overrides: Sequence[str] = ()) -> int:
+    from msm_jax.config import from_dict, load_config, parse_override
+    from msm_jax.experiment.config import ExperimentConfig, TpuLauncherConfig
+
+    if not Path(path).is_file():
+        raise UserError(f"{path}: experiment config not found")
+    cfg = load_config(ExperimentConfig, path, overrides)
+    tpu = None
+    if tpu_overrides:
+        fields = {k.split(".", 1)[1]: v for k, v in map(parse_override, tpu_overrides)}
+        tpu = from_dict(TpuLauncherConfig, fields, {"": "command line"}, "tpu")
+    run_experiment(cfg, dry_run=dry_run, only=only, launcher=make_launcher(launcher, tpu, cfg.out))
+    return 0
