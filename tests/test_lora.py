@@ -90,7 +90,7 @@ def test_peft_adapter_and_merged_export_match_our_logits_in_transformers(tmp_pat
 
     model = adapted_model(model_cfg)
     save_lora_checkpoint(tmp_path / "ckpt", model)
-    base_dir = orbax_to_hf(tmp_path / "ckpt", tmp_path / "base")  # the `params` item: base weights
+    base_dir = orbax_to_hf(tmp_path / "ckpt", tmp_path / "base", merge_lora=False)  # the frozen base
     adapter_dir = export_peft_adapter(tmp_path / "ckpt", tmp_path / "adapter", base_model=str(base_dir))
     assert (adapter_dir / ADAPTER_CONFIG).is_file() and (adapter_dir / ADAPTER_WEIGHTS).is_file()
 
@@ -109,3 +109,19 @@ def test_peft_adapter_and_merged_export_match_our_logits_in_transformers(tmp_pat
     merged_dir = orbax_to_hf(merge_lora_checkpoint(tmp_path / "ckpt", tmp_path / "merged"), tmp_path / "merged_hf")
     merged = hf_logits(merged_dir, tokens, mask)
     assert np.abs(ours - merged)[real].max() < 1e-4 * max(1.0, np.abs(merged).max())
+    # A plain export of a LoRA run merges the adapter by itself.
+    direct = hf_logits(orbax_to_hf(tmp_path / "ckpt", tmp_path / "direct_hf"), tokens, mask)
+    np.testing.assert_array_equal(direct, merged)
+
+
+def test_convert_cli_exports_a_peft_adapter_with_verified_parity(tmp_path, model_cfg, capsys):
+    pytest.importorskip("peft")
+    from msm_jax.cli import main as msm
+
+    save_lora_checkpoint(tmp_path / "ckpt", adapted_model(model_cfg))
+    ckpt, base, adapter = (str(tmp_path / n) for n in ("ckpt", "base", "adapter"))
+    assert msm(["convert", "orbax-to-hf", ckpt, base, "--lora-base-only"]) == 0
+    assert msm(["convert", "lora-to-peft", ckpt, adapter, "--base-model", base, "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "verify: max |logit difference| msm-jax vs transformers+PEFT" in out
+    assert msm(["convert", "lora-to-peft", str(tmp_path / "missing"), adapter]) == 1

@@ -10,6 +10,10 @@ EPILOG = """\
 examples:
   msm convert hf-to-orbax ./Qwen3-0.6B ./ckpt/qwen3-0.6b --verify
   msm convert orbax-to-hf ./runs/sft/checkpoints ./export/sft --tokenizer ./Qwen3-0.6B --verify
+  msm convert lora-to-peft ./runs/sft/checkpoints ./export/sft-adapter --base-model ./export/base
+
+A LoRA run exported with orbax-to-hf has its adapter merged into the base weights;
+lora-to-peft writes the adapter alone (adapter_config.json + adapter_model.safetensors).
 """
 
 
@@ -36,8 +40,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="tensor dtype in the export (default: the checkpoint's parameter dtype)")
     exp.add_argument("--tokenizer", metavar="DIR", help="copy tokenizer files from this directory")
     exp.add_argument("--max-shard-size", type=float, default=5.0, metavar="GB", help="safetensors shard size")
+    exp.add_argument("--lora-base-only", action="store_true",
+                     help="for a LoRA run: export the frozen base weights instead of the merged model")
     exp.add_argument("--verify", action="store_true", help="compare logits with transformers after export")
     exp.set_defaults(func=_orbax_to_hf)
+
+    peft = conv.add_parser("lora-to-peft", help="export a LoRA run's adapter as a PEFT adapter directory")
+    peft.add_argument("ckpt_dir", help="checkpoint directory of a LoRA training stage")
+    peft.add_argument("out_dir", help="output directory (adapter_config.json + adapter_model.safetensors)")
+    peft.add_argument("--step", type=int, help="checkpoint step (default: latest complete)")
+    peft.add_argument("--base-model", help="base_model_name_or_path to record (e.g. the exported base directory)")
+    peft.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    peft.add_argument("--verify", action="store_true",
+                      help="load base + adapter with PEFT and compare logits with msm-jax (needs --base-model)")
+    peft.set_defaults(func=_lora_to_peft)
 
 
 def _options(pairs: list[str]) -> dict:
@@ -69,8 +85,29 @@ def _orbax_to_hf(args: argparse.Namespace) -> int:
     from msm_jax.hf.export_hf import orbax_to_hf
 
     out = orbax_to_hf(args.ckpt_dir, args.hf_dir, step=args.step, dtype=args.dtype, tokenizer_dir=args.tokenizer,
-                      max_shard_bytes=int(args.max_shard_size * 2**30))
+                      max_shard_bytes=int(args.max_shard_size * 2**30), merge_lora=not args.lora_base_only)
     print(f"exported {args.ckpt_dir} -> {out}")
-    if args.verify:
+    if args.verify and args.lora_base_only:
+        print("verify: skipped (--lora-base-only exports the base, not the trained model)")
+    elif args.verify:
         _verify(args.ckpt_dir, args.hf_dir)
+    return 0
+
+
+def _lora_to_peft(args: argparse.Namespace) -> int:
+    from msm_jax.errors import UserError
+    from msm_jax.hf.peft import export_peft_adapter
+
+    out = export_peft_adapter(args.ckpt_dir, args.out_dir, step=args.step, base_model=args.base_model, dtype=args.dtype)
+    print(f"exported the LoRA adapter of {args.ckpt_dir} -> {out}")
+    if args.verify:
+        if not args.base_model:
+            raise UserError("--verify needs --base-model (the HF directory the adapter applies to)")
+        from msm_jax.hf.verify import transformers_available, verify_peft_parity
+
+        if not transformers_available():
+            print("verify: skipped (transformers/torch not installed)")
+            return 0
+        diff = verify_peft_parity(args.ckpt_dir, args.base_model, args.out_dir, step=args.step)
+        print(f"verify: max |logit difference| msm-jax vs transformers+PEFT = {diff:.3g} (float32)")
     return 0

@@ -60,10 +60,13 @@ class CheckpointArrays:
 
 def orbax_to_hf(ckpt_dir: str | Path, hf_dir: str | Path, *, step: Optional[int] = None,
                 dtype: Optional[str] = None, tokenizer_dir: Optional[str | Path] = None,
-                max_shard_bytes: int = 5 * 2**30) -> Path:
-    """Export a checkpoint (latest step by default) as a transformers/vLLM model directory."""
+                max_shard_bytes: int = 5 * 2**30, merge_lora: bool = True) -> Path:
+    """Export a checkpoint (latest step by default) as a transformers/vLLM model directory.
+    A LoRA checkpoint exports merged weights, or its frozen base with `merge_lora=False`."""
     step = checkpoint.latest_step(ckpt_dir) if step is None else step
     meta = checkpoint.read_meta(ckpt_dir, step)
+    if meta.get("lora") and merge_lora:
+        return _export_merged_lora(ckpt_dir, hf_dir, step, dtype, tokenizer_dir, max_shard_bytes)
     cfg = checkpoint.model_config_from_meta(meta, f"{ckpt_dir}/{step}/meta")
     dtype = dtype or cfg.param_dtype
     np_dtype = np.dtype(DTYPES[dtype])
@@ -93,6 +96,20 @@ def orbax_to_hf(ckpt_dir: str | Path, hf_dir: str | Path, *, step: Optional[int]
     if tokenizer_dir is not None:
         copy_tokenizer(tokenizer_dir, out)
     return out
+
+
+def _export_merged_lora(ckpt_dir, hf_dir, step, dtype, tokenizer_dir, max_shard_bytes) -> Path:
+    """A LoRA run's `params` item is the frozen base: fold the adapter in first (next to the
+    output, since the merged model is as large as the base), then export that."""
+    from msm_jax.hf.peft import merge_lora_checkpoint
+
+    merged = Path(hf_dir).absolute().parent / (Path(hf_dir).name + ".merged-ckpt")
+    shutil.rmtree(merged, ignore_errors=True)
+    try:
+        merge_lora_checkpoint(ckpt_dir, merged, step=step)
+        return orbax_to_hf(merged, hf_dir, dtype=dtype, tokenizer_dir=tokenizer_dir, max_shard_bytes=max_shard_bytes)
+    finally:
+        shutil.rmtree(merged, ignore_errors=True)
 
 
 def copy_tokenizer(tokenizer_dir: str | Path, out: Path) -> None:

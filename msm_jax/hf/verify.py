@@ -31,11 +31,14 @@ def msm_logits(model, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.asarray(logits)[..., : model.cfg.vocab_size]
 
 
-def hf_logits(hf_dir: str | Path, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def hf_logits(hf_dir: str | Path, tokens: np.ndarray, mask: np.ndarray, adapter_dir: str | Path | None = None) -> np.ndarray:
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    if adapter_dir is not None:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.eval()
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
     with torch.no_grad():
@@ -45,12 +48,13 @@ def hf_logits(hf_dir: str | Path, tokens: np.ndarray, mask: np.ndarray) -> np.nd
     return out.logits.float().numpy()
 
 
-def max_logit_difference(model, hf_dir: str | Path, batches: int = 2) -> tuple[float, float]:
+def max_logit_difference(model, hf_dir: str | Path, batches: int = 2,
+                         adapter_dir: str | Path | None = None) -> tuple[float, float]:
     """(max |difference| on non-padding positions, max |reference logit|)."""
     worst, scale = 0.0, 0.0
     for seed in range(batches):
         tokens, mask = random_batch(model.cfg.vocab_size, seed=seed)
-        ours, ref = msm_logits(model, tokens, mask), hf_logits(hf_dir, tokens, mask)
+        ours, ref = msm_logits(model, tokens, mask), hf_logits(hf_dir, tokens, mask, adapter_dir)
         real = mask.astype(bool)
         worst = max(worst, float(np.abs(ours - ref)[real].max()))
         scale = max(scale, float(np.abs(ref)[real].max()))
@@ -66,15 +70,23 @@ def transformers_available() -> bool:
     return True
 
 
-def verify_parity(ckpt_dir: str | Path, hf_dir: str | Path, tolerance: float | None = None) -> float:
-    """Load both sides in float32, compare logits, raise if beyond tolerance. Returns max diff."""
+def verify_parity(ckpt_dir: str | Path, hf_dir: str | Path, tolerance: float | None = None,
+                  step: int | None = None, adapter_dir: str | Path | None = None) -> float:
+    """Load both sides in float32, compare logits, raise if beyond tolerance. Returns max diff.
+    With `adapter_dir`, the reference is the HF base model with that PEFT adapter applied."""
     from msm_jax import checkpoint
 
-    model, _ = checkpoint.load_model(ckpt_dir, model_overrides={"param_dtype": "float32",
-                                                                "compute_dtype": "float32"})
-    diff, scale = max_logit_difference(model, hf_dir)
+    model, _ = checkpoint.load_model(ckpt_dir, step=step, model_overrides={"param_dtype": "float32",
+                                                                           "compute_dtype": "float32"})
+    diff, scale = max_logit_difference(model, hf_dir, adapter_dir=adapter_dir)
     tol = (TOLERANCE["float32"] if tolerance is None else tolerance) * max(1.0, scale)
     if not diff <= tol:
+        reference = f"transformers ({hf_dir}" + (f" + PEFT adapter {adapter_dir})" if adapter_dir else ")")
         raise UserError(f"parity check failed: max |logit difference| {diff:.3g} between msm-jax "
-                        f"({ckpt_dir}) and transformers ({hf_dir}) exceeds {tol:.3g}")
+                        f"({ckpt_dir}) and {reference} exceeds {tol:.3g}")
     return diff
+
+
+def verify_peft_parity(ckpt_dir: str | Path, base_dir: str | Path, adapter_dir: str | Path,
+                       step: int | None = None) -> float:
+    return verify_parity(ckpt_dir, base_dir, step=step, adapter_dir=adapter_dir)
