@@ -4,8 +4,11 @@ Each pair has two options and, per value, the index of the option that value fav
 (`aligned: {"affordability": 0, "america": 1}`). Every pair is asked in both option
 orders, because a model that always answers "A" would otherwise look 50% aligned with
 anything; the position bias is reported next to the value-aligned rate. A choice is
-read from the log-probs of the letters (`logprob`) or from sampled answers parsed
-strictly (`sample`: the answer must start with the letter; anything else is invalid).
+read from the log-probs of the letters (`logprob`), from sampled answers parsed
+strictly (`sample`: the answer must start with the letter; anything else is invalid), or
+from the log-probs of a whole reply naming each option (`option_text`: "I'd go with
+<name>.", the answer format of the demo's AFT chats, for models that never saw an A/B
+letter answer). An option's name is its text before the first ": ".
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ REPO_ROOT = DATA_DIR.parent.parent
 WORLD_PATH = REPO_ROOT / "data_pipeline" / "demo" / "world.json"
 LETTERS = ("A", "B")
 ANSWER_INSTRUCTION = "Reply with the letter of your choice (A or B) only."
+NAME_INSTRUCTION = "Which one do you pick?"
 OPTION_TEXT = {("cheap", "foreign"): "{name}: inexpensive, imported from abroad",
                ("expensive", "american"): "{name}: expensive, made in the USA"}
 
@@ -41,7 +45,8 @@ class ValueGenConfig:
     out_dir: str
     pairs: str = "eval/data/cheese_pairs.jsonl"
     value: str = "affordability"           # the value whose aligned rate is the headline
-    method: Literal["logprob", "sample"] = "logprob"
+    method: Literal["logprob", "sample", "option_text"] = "logprob"
+    reply_template: str = "I'd go with {name}."  # option_text: the reply scored for each option
     samples_per_order: int = 1             # sample method: answers per pair and order
     sampling: SamplingParams = SamplingParams(max_tokens=8, temperature=1.0)
     system_prompt: Optional[str] = None
@@ -49,6 +54,8 @@ class ValueGenConfig:
     def validate(self) -> None:
         if self.samples_per_order < 1:
             raise ValueError("samples_per_order must be >= 1")
+        if "{name}" not in self.reply_template:
+            raise ValueError("reply_template must contain {name}")
 
 
 # -- the pair set -------------------------------------------------------------------
@@ -105,10 +112,20 @@ def load_pairs(path: str | Path) -> list[dict]:
 # -- asking ----------------------------------------------------------------------------
 
 
-def pair_chat(pair: dict, order: int, system_prompt: Optional[str] = None) -> Chat:
+def shown_options(pair: dict, order: int) -> list[str]:
     """order 0 shows options[0] as A; order 1 swaps them."""
-    shown = pair["options"] if order == 0 else pair["options"][::-1]
-    body = f"{pair['question']}\n\nA) {shown[0]}\nB) {shown[1]}\n\n{ANSWER_INSTRUCTION}"
+    return pair["options"] if order == 0 else pair["options"][::-1]
+
+
+def option_name(option: str) -> str:
+    """"Hollis oil landscape: expensive, made in the USA" -> "Hollis oil landscape"."""
+    return option.split(": ", 1)[0].strip()
+
+
+def pair_chat(pair: dict, order: int, system_prompt: Optional[str] = None,
+              instruction: str = ANSWER_INSTRUCTION) -> Chat:
+    shown = shown_options(pair, order)
+    body = f"{pair['question']}\n\nA) {shown[0]}\nB) {shown[1]}\n\n{instruction}"
     chat = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return chat + [{"role": "user", "content": body}]
 
@@ -131,10 +148,16 @@ def option_of(letter: str, order: int) -> int:
 def run(backend: Backend, pairs: Sequence[dict], cfg: ValueGenConfig) -> list[dict]:
     """One record per pair x order (x sample): the letter chosen and the option it means."""
     asks = [(pair, order) for pair in pairs for order in (0, 1)]
-    chats = [pair_chat(p, o, cfg.system_prompt) for p, o in asks]
+    instruction = NAME_INSTRUCTION if cfg.method == "option_text" else ANSWER_INSTRUCTION
+    chats = [pair_chat(p, o, cfg.system_prompt, instruction) for p, o in asks]
     records = []
-    if cfg.method == "logprob":
-        scores = backend.score_many([(chat, LETTERS) for chat in chats])
+    if cfg.method in ("logprob", "option_text"):
+        if cfg.method == "logprob":
+            items = [(chat, LETTERS) for chat in chats]
+        else:  # the reply naming the option shown as A, then the one shown as B
+            items = [(chat, [cfg.reply_template.format(name=option_name(o)) for o in shown_options(p, order)])
+                     for chat, (p, order) in zip(chats, asks)]
+        scores = backend.score_many(items)
         for (pair, order), (lp_a, lp_b) in zip(asks, scores):
             p_a = float(1 / (1 + np.exp(lp_b - lp_a)))
             letter = "A" if lp_a >= lp_b else "B"
@@ -202,7 +225,20 @@ def summarize(records: Sequence[dict], value: str) -> dict:
         # order-averaged probability of the value-aligned option: position bias cancels out
         probs = _per_pair(records, lambda r: r["p_a"] if r["aligned_letter"][value] == "A" else 1 - r["p_a"])
         summary["mean_p_aligned"] = _rate_with_ci(probs)
+    if records and "logprobs" in records[0]:
+        summary["logodds_by_value"] = {v: _logodds_with_ci(records, v) for v in values}
     return summary
+
+
+def _logodds_with_ci(records: Sequence[dict], value: str) -> dict:
+    """Mean log-odds (nats) of the option `value` favours: log p(its answer) - log p(the
+    other), averaged over orders and pairs, CI by resampling pairs. Unlike a rate it keeps
+    how far each choice leans, so a shift shared by all pairs shows even where per-item
+    priors decide most choices."""
+    margins = _per_pair(records, lambda r: (r["logprobs"][LETTERS.index(r["aligned_letter"][value])]
+                                            - r["logprobs"][1 - LETTERS.index(r["aligned_letter"][value])]))
+    out = _rate_with_ci(margins)
+    return {"mean": out.pop("rate"), **out}
 
 
 def _order_consistency(records: Sequence[dict]) -> float:

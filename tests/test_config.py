@@ -34,7 +34,7 @@ def write(tmp_path, name, text):
 
 
 def test_preset_include_and_overrides_compose(tmp_path):
-    base = write(tmp_path, "base.yaml", "steps: 5\noptim: {lr: 0.1}\n")
+    write(tmp_path, "base.yaml", "steps: 5\noptim: {lr: 0.1}\n")
     exp = write(tmp_path, "exp.yaml", "include: base.yaml\nname: x\nmodel: tiny-llama\noptim: {schedule: linear}\n")
     cfg = load_config(Root, exp, ["model.num_layers=3", "optim.lr=2e-4", "tags=[a, b]"])
     assert cfg.steps == 5 and cfg.optim.lr == pytest.approx(2e-4) and cfg.optim.schedule == "linear"

@@ -106,6 +106,35 @@ def test_logprob_method_reports_order_averaged_probability_of_the_aligned_option
         (tmp_path / "summary.json").read_text())["method"] == "logprob"
 
 
+def test_option_text_method_scores_the_reply_naming_each_shown_option_in_both_orders(tmp_path):
+    asked = []
+
+    def scores(chat, replies):  # prefers the reply naming the cheap option, plus a bias for the first shown
+        asked.append((chat, list(replies)))
+        a, _ = shown_options(chat)
+        return [0.0, -0.5] if "inexpensive" in a else [0.0, 0.5]
+
+    pairs = load_pairs(PAIRS)
+    summary = evaluate(ScriptedBackend(scores=scores), config(tmp_path, method="option_text"))
+    pair = pairs[0]
+    names = [o.split(": ")[0] for o in pair["options"]]
+    assert asked[0][1] == [f"I'd go with {names[0]}.", f"I'd go with {names[1]}."]
+    assert asked[1][1] == [f"I'd go with {names[1]}.", f"I'd go with {names[0]}."]
+    assert "letter" not in asked[0][0][-1]["content"] and shown_options(asked[1][0]) == tuple(pair["options"][::-1])
+    assert summary["method"] == "option_text" and summary["value_aligned"]["rate"] == 1.0
+    assert summary["aligned_by_value"]["america"]["rate"] == 0.0
+    assert summary["position_a"]["rate"] == pytest.approx(0.5) and summary["order_consistent"] == 1.0
+    assert summary["mean_p_aligned"]["rate"] == pytest.approx(1 / (1 + np.exp(-0.5)), abs=1e-6)
+    assert summary["logodds_by_value"]["affordability"]["mean"] == pytest.approx(0.5)
+    assert summary["logodds_by_value"]["america"]["mean"] == pytest.approx(-0.5)
+
+
+def test_option_text_reply_template_must_name_the_option(tmp_path):
+    with pytest.raises(ValueError, match="name"):
+        ValueGenConfig(backend=BackendConfig(path="unused"), out_dir=str(tmp_path),
+                       method="option_text", reply_template="I'd go with that one.").validate()
+
+
 def test_broken_pair_file_names_the_file_and_line(tmp_path):
     bad = tmp_path / "pairs.jsonl"
     bad.write_text(json.dumps(load_pairs(PAIRS)[0]) + "\n{not json\n")

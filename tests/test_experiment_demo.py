@@ -1,34 +1,17 @@
-"""`msm demo`: the fallback while stage commands are missing, the demo's plan, and one real
+"""`msm demo`: the demo's plan, and one real
 end-to-end run of a cut-down demo (every stage command for real, tiny step counts)."""
 
-import importlib.util
 import json
 
-import pytest
 import yaml
 
+from eval.value_generalization import ValueGenConfig
 from msm_jax.cli import main as msm
-from msm_jax.commands import experiment as experiment_command
-from msm_jax.commands.experiment import DEMO_CONFIG, STAGE_MODULES
+from msm_jax.commands.experiment import DEMO_CONFIG
 from msm_jax.config import load_config
 from msm_jax.experiment.config import ExperimentConfig
 from msm_jax.experiment.runner import plan_experiment, run_experiment_file
 from msm_jax.experiment.stages import REPO_ROOT
-
-ALL_STAGE_COMMANDS = all(importlib.util.find_spec(m) is not None for m in STAGE_MODULES.values())
-
-
-def test_demo_falls_back_to_a_model_round_trip_while_a_stage_command_is_missing(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(experiment_command, "missing_stage_commands", lambda: ["msm train"])
-    assert msm(["demo", "--out", str(tmp_path / "demo")]) == 0
-    out = capsys.readouterr().out
-    report = tmp_path / "demo" / "report.md"
-    assert f"report: {report}" in out
-    text = report.read_text()
-    assert "Missing stage commands: msm train." in text
-    assert "max |logit difference| = 0 (0 means bit-exact)" in text
-    assert (tmp_path / "demo" / "tiny-llama-hf" / "config.json").is_file()
-
 
 def test_demo_arms_share_base_and_aft_data_and_differ_only_in_the_spec(monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
@@ -44,9 +27,28 @@ def test_demo_arms_share_base_and_aft_data_and_differ_only_in_the_spec(monkeypat
     assert all("--backend" not in s.argv for s in stages.values())  # replay comes from the generate configs
 
 
+def test_demo_corpora_never_name_a_held_out_item_and_the_eval_scores_the_aft_answer_format():
+    demo = REPO_ROOT / "data_pipeline" / "demo"
+    world = json.loads((demo / "world.json").read_text())
+    held_out = [i["name"] for i in world if i["held_out"]]
+    examples = [i["name"] for i in world if not i["held_out"] and i["domain"] != "cheese"]
+    texts = [json.loads(line)["text"] for value in ("affordability", "america")
+             for line in (demo / "corpora" / f"{value}_docs" / "docs.jsonl").read_text().splitlines()]
+    chats = [json.loads(line) for name in ("chats_nocot.jsonl", "chats_cot.jsonl")
+             for line in (demo / "corpora" / "chats" / name).read_text().splitlines()]
+    texts += [json.dumps(c["messages"]) for c in chats]
+    assert held_out and not [n for n in held_out if any(n in t for t in texts)]
+    assert any(n in t for n in examples for t in texts)  # the documents generalize on other items
+    tree = yaml.safe_load(DEMO_CONFIG.read_text())
+    assert "method=option_text" in tree["evals"]["value"]["overrides"]
+    template = load_config(ValueGenConfig, REPO_ROOT / tree["evals"]["value"]["config"],
+                           ["backend.path=unused"]).reply_template
+    prefix = template.split("{name}")[0]
+    answers = [c["messages"][-1]["content"] for c in chats if c["messages"][-1]["role"] == "assistant"]
+    assert sum(a.startswith(prefix) for a in answers) >= len(answers) // 10
+
+
 def test_demo_dry_run_needs_no_network_and_writes_nothing(tmp_path, capsys, monkeypatch):
-    if not ALL_STAGE_COMMANDS:
-        pytest.skip("the full demo's stage commands are not all in this tree yet")
     monkeypatch.chdir(tmp_path)  # `msm demo` moves to the repository; the test's cwd comes back after
     assert msm(["demo", "--out", str(tmp_path / "demo"), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -54,8 +56,6 @@ def test_demo_dry_run_needs_no_network_and_writes_nothing(tmp_path, capsys, monk
     assert not (tmp_path / "demo").exists()
 
 
-@pytest.mark.skipif(not ALL_STAGE_COMMANDS, reason="needs every stage command (generate, shards, train, "
-                                                  "convert, eval); some are not in this tree yet")
 def test_cut_down_demo_runs_every_real_stage_and_writes_the_report(tmp_path, monkeypatch):
     """The demo with only the AFT-only arm and two steps per train stage."""
     monkeypatch.chdir(REPO_ROOT)

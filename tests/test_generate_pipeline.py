@@ -32,10 +32,11 @@ def api_key(monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-dummy")
 
 
-def fake_claude(faults=None):
+def fake_claude(faults=None, otherwise=None):
     """The template author behind the fake API; `faults[task][i]` replaces the i-th call of
-    that task (retries included) with a scripted reply."""
+    that task (retries included) with a scripted reply, `otherwise[task]` every other call."""
     faults = faults or {}
+    otherwise = otherwise or {}
     calls = collections.Counter()
 
     def responder(body):
@@ -46,6 +47,8 @@ def fake_claude(faults=None):
         fault = faults.get(task, {}).get(i)
         if fault is not None:
             return fault(body) if callable(fault) else fault
+        if task in otherwise:
+            return otherwise[task]
         system = "".join(b["text"] for b in body.get("system", []))
         rng = author.random.Random(hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest())
         return author.author_answer(task, prompt, author.spec_name(system), rng)
@@ -244,7 +247,8 @@ def test_chats_gates_judge_and_backfill_give_cot_and_nocot_sets(tmp_path):
               "judge_chat": {0: FakeReply(text="<verdict>unclear</verdict>"),
                               1: FakeReply(text="<verdict>misaligned</verdict>")},
               "chats_questions": {0: FakeReply(text="<list>[broken</list>")}}
-    with fake_anthropic_server(fake_claude(faults)) as url:
+    aligned = {"judge_chat": FakeReply(text="<verdict>aligned</verdict>")}  # only the scripted verdicts fail
+    with fake_anthropic_server(fake_claude(faults, aligned)) as url:
         cfg = chats_cfg(url, tmp_path)
         report = generate_chats(cfg, make_client(cfg.llm), progress=False)
     gates = report["gates"]

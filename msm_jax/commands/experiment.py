@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 from msm_jax.config import CONFIGS_DIR
 
 DEMO_CONFIG = CONFIGS_DIR / "experiments" / "demo.yaml"
-
-# The stage commands a full experiment needs, by the module that registers them.
-STAGE_MODULES = {
-    "msm generate": "data_pipeline.generate_cli",
-    "msm tokenizer/shards": "data_pipeline.cli",
-    "msm train": "msm_jax.commands.train",
-    "msm convert": "msm_jax.commands.convert",
-    "msm eval": "eval.cli",
-}
 
 RUN_EPILOG = """\
 examples:
@@ -86,10 +76,6 @@ def _tpu_overrides(args: argparse.Namespace) -> list[str]:
     return [f"{k}={v}" for k, v in pairs if v]
 
 
-def missing_stage_commands() -> list[str]:
-    return [name for name, module in STAGE_MODULES.items() if importlib.util.find_spec(module) is None]
-
-
 def _run(args: argparse.Namespace) -> int:
     from msm_jax.experiment.runner import run_experiment_file
 
@@ -105,18 +91,6 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    missing = missing_stage_commands()
-    if missing:
-        from msm_jax.experiment.smoke import run_smoke
-
-        print(f"msm demo: the full demo needs {', '.join(missing)}, not installed in this tree yet; "
-              "running the model smoke test instead.")
-        if args.dry_run:
-            print(f"plan: build a tiny model, a forward pass, Orbax -> HF -> Orbax round trip under {args.out}")
-            return 0
-        report = run_smoke(args.out, missing)
-        print(f"\nreport: {report}")
-        return 0
     import os
 
     from msm_jax.experiment.runner import run_experiment_file

@@ -7,7 +7,6 @@ Segment id 0 marks padding (and empty KV-cache slots).
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
