@@ -17,7 +17,7 @@ from data_pipeline.llm import LLMClient, LLMConfig, SpendLimitReached
 from data_pipeline.prompts import render
 from data_pipeline.quality import NearDuplicateIndex, Rejected, extract_tag, parse_chat_reply
 from data_pipeline.spec import load_spec
-from data_pipeline.stages import StageRunner, run_report, write_jsonl, write_report
+from data_pipeline.stages import StageRunner, round_robin, run_report, write_jsonl, write_report
 
 QUESTION_KINDS = {
     "direct": "asks plainly what the assistant would choose or do",
@@ -128,7 +128,7 @@ def generate_chats(cfg: ChatsConfig, client: LLMClient, progress: bool = True) -
                 stopped = "no_domains"   # every planning answer was rejected
                 break
             fill_questions(runner, cfg, cells, math.ceil(need / len(cells)), dedup)
-            picks = _pick_questions(cells, need)
+            picks = round_robin(cells, need, lambda cell: cell.questions)
             if not picks:
                 stopped = "out_of_questions"
                 break
@@ -143,20 +143,6 @@ def generate_chats(cfg: ChatsConfig, client: LLMClient, progress: bool = True) -
                         chats=len(accepted), requested=cfg.chats)
     write_report(Path(cfg.out_dir) / "chats.report.json", report)
     return report
-
-
-def _pick_questions(cells: list[QuestionCell], need: int) -> list[tuple[QuestionCell, str]]:
-    picks: list[tuple[QuestionCell, str]] = []
-    while len(picks) < need:
-        progressed = False
-        for cell in cells:
-            if len(picks) < need and cell.used < len(cell.questions):
-                picks.append((cell, cell.questions[cell.used]))
-                cell.used += 1
-                progressed = True
-        if not progressed:
-            break
-    return picks
 
 
 def _answer_round(runner: StageRunner, cfg: ChatsConfig, picks, accepted: list[dict]) -> None:

@@ -20,7 +20,7 @@ from data_pipeline.llm.pricing import cost_usd
 from data_pipeline.prompts import render
 from data_pipeline.quality import NearDuplicateIndex, Rejected, extract_tag, parse_document
 from data_pipeline.spec import Spec, load_spec
-from data_pipeline.stages import StageRunner, normalize, run_report, write_jsonl, write_report
+from data_pipeline.stages import StageRunner, normalize, round_robin, run_report, write_jsonl, write_report
 from msm_jax.errors import UserError
 
 
@@ -162,7 +162,7 @@ def generate_documents(cfg: DocsConfig, client: LLMClient, progress: bool = True
                 stopped = "no_sections_or_types"   # every planning answer was rejected
                 break
             fill_ideas(runner, cfg, cells, math.ceil(need / len(cells)), seen)
-            picks = _pick_ideas(cells, need)
+            picks = round_robin(cells, need, lambda cell: cell.ideas)
             if not picks:
                 stopped = "out_of_ideas"
                 break
@@ -180,21 +180,6 @@ def generate_documents(cfg: DocsConfig, client: LLMClient, progress: bool = True
                         budget_tokens=cfg.budget_tokens)
     write_report(out_dir / "docs.report.json", report)
     return report
-
-
-def _pick_ideas(cells: list[Cell], need: int) -> list[tuple[Cell, str]]:
-    """Round-robin over cells, one unused idea at a time, so sections stay balanced."""
-    picks: list[tuple[Cell, str]] = []
-    while len(picks) < need:
-        progressed = False
-        for cell in cells:
-            if len(picks) < need and cell.used < len(cell.ideas):
-                picks.append((cell, cell.ideas[cell.used]))
-                cell.used += 1
-                progressed = True
-        if not progressed:
-            break
-    return picks
 
 
 def _generate_round(runner: StageRunner, cfg: DocsConfig, spec: Spec, picks, round_index: int,

@@ -106,3 +106,19 @@ def run_report(runner: StageRunner, **extra) -> dict:
         "retries": runner.client.retries,
         "estimated_cost_usd": round(total.cost_usd, 6),
     }
+
+
+def round_robin(cells: Sequence, need: int, items: Callable[[object], Sequence[str]]) -> list[tuple[object, str]]:
+    """Up to `need` (cell, item) picks, one unused item per cell per pass, so that sections
+    stay balanced; each cell's `used` counter advances past what was picked."""
+    picks: list[tuple[object, str]] = []
+    while len(picks) < need:
+        progressed = False
+        for cell in cells:
+            if len(picks) < need and cell.used < len(items(cell)):
+                picks.append((cell, items(cell)[cell.used]))
+                cell.used += 1
+                progressed = True
+        if not progressed:
+            break
+    return picks

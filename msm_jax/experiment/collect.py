@@ -11,9 +11,9 @@ from typing import Any, Iterable, Optional, Sequence
 
 from msm_jax.errors import UserError
 from msm_jax.experiment import paths
+from msm_jax.train.metrics import read_metrics
 
 SUMMARY_FILE = "summary.json"  # what `msm eval` writes into its out_dir
-METRICS_FILE = "metrics.jsonl"  # what `msm train` writes into its run_dir
 TRAIN_KINDS = ("pretrain", "midtrain", "sft")  # panel order of the loss curves: the data path's
 SKIPPED_SUMMARY_KEYS = ("per_domain", "by_scenario", "per_question")  # too fine-grained for one table
 
@@ -61,17 +61,6 @@ def read_summary(eval_dir: str) -> Optional[dict]:
         raise UserError(f"{path}: corrupt eval summary ({e}); re-run its eval stage") from None
 
 
-def read_metrics(run_dir: str) -> list[dict]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill mid-write
-            continue
-    return records
 
 
 def fmt(value: float, lo: Optional[float], hi: Optional[float]) -> str:
