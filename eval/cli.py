@@ -1,7 +1,7 @@
 """`msm eval ...`: value generalization, agentic grid, reasoning tags, spec QA, report.
 
 Each eval takes a YAML config (configs/eval/*.yaml) plus `key.sub=value` overrides, e.g.
-`msm eval value configs/eval/value_generalization.yaml backend.path=RUN/checkpoints out_dir=RUN/eval/value`.
+`msm eval value configs/eval/value_generalization.yaml backend.path=RUN out_dir=RUN/eval/value`.
 """
 
 from __future__ import annotations

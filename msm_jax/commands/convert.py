@@ -9,8 +9,8 @@ from msm_jax.config import parse_override
 EPILOG = """\
 examples:
   msm convert hf-to-orbax ./Qwen3-0.6B ./ckpt/qwen3-0.6b --verify
-  msm convert orbax-to-hf ./runs/sft/checkpoints ./export/sft --tokenizer ./Qwen3-0.6B --verify
-  msm convert lora-to-peft ./runs/sft/checkpoints ./export/sft-adapter --base-model ./export/base
+  msm convert orbax-to-hf ./runs/sft ./export/sft --tokenizer ./Qwen3-0.6B --verify
+  msm convert lora-to-peft ./runs/sft ./export/sft-adapter --base-model ./export/base
 
 A LoRA run exported with orbax-to-hf has its adapter merged into the base weights;
 lora-to-peft writes the adapter alone (adapter_config.json + adapter_model.safetensors).
