@@ -9,7 +9,7 @@ EXAMPLES = """\
 examples:
   msm train configs/train/tiny-midtrain.yaml
   msm train configs/train/tiny-sft.yaml run_dir=runs/sft2 train.steps=50 mesh.fsdp=4 mesh.tensor=2
-  msm train configs/train/qwen3-8b-sft-lora.yaml lora.rank=16 optimizer.lr=2e-4
+  msm train configs/train/recipes/msm-sft-qwen3-8b-lora.yaml lora.rank=16 optimizer.lr=2e-4
 
 An existing run_dir resumes from its latest complete checkpoint. SIGTERM (preemption)
 writes a checkpoint and exits with status 143.
