@@ -13,7 +13,7 @@ RUN_EPILOG = """\
 examples:
   msm run configs/experiments/demo.yaml --dry-run
   msm run configs/experiments/demo.yaml out=runs/demo2 arms.america.sft.overrides='[train.seed=1]'
-  msm run configs/experiments/llama3.1-8b-cheese.yaml out=gs://my-bucket/runs/cheese
+  msm run configs/recipes/llama3.1-8b-cheese.yaml out=/gcs/my-bucket/runs/cheese --launcher tpu --tpu-name msm-v5p --tpu-zone us-east5-a
 """
 
 SWEEP_EPILOG = """\

@@ -3,9 +3,9 @@
 # and is READY (creating it and installing msm-jax if it was preempted or never made), run
 # the command, and when it fails because the TPU was preempted, start over. Re-running is
 # safe: finished stages are skipped by their manifests and train stages resume from their
-# gs:// checkpoints.
+# checkpoints in the shared bucket (mounted at /gcs/BUCKET by install.sh).
 #   tools/tpu/spot_run.sh --name msm-v5p --zone us-east5-a --accelerator v5p-32 -- \
-#     msm run configs/experiments/llama3.1-8b-cheese.yaml out=gs://BUCKET/runs/cheese \
+#     msm run configs/recipes/llama3.1-8b-cheese.yaml out=/gcs/BUCKET/runs/cheese \
 #       --launcher tpu --tpu-name msm-v5p --tpu-zone us-east5-a
 set -euo pipefail
 HERE="$(dirname "$0")"
