@@ -106,16 +106,21 @@ def model_config_from_meta(meta: dict, where: str = "checkpoint meta") -> ModelC
         raise UserError(f"{where}: invalid model config: {e}") from None
 
 
-def restore_params(directory: str | os.PathLike, target: Any, step: Optional[int] = None) -> Any:
-    """Restore the `params` item onto `target` (a tree of ShapeDtypeStructs with shardings),
-    which may describe a different mesh than the one that wrote it."""
-    step = latest_step(directory) if step is None else step
-    with manager(directory, item_names=("params",)) as mngr:
+def _restore_item(directory: str | os.PathLike, item: str, target: Any, step: int, what: str) -> Any:
+    """Restore one item onto `target` (ShapeDtypeStructs with shardings, possibly for another mesh)."""
+    with manager(directory, item_names=(item,)) as mngr:
         try:
-            out = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+            out = mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))
         except (ValueError, KeyError, FileNotFoundError) as e:
-            raise UserError(f"{directory} step {step}: cannot restore params: {e}") from None
-    return out["params"]
+            raise UserError(f"{directory} step {step}: cannot restore {what}: {e}") from None
+    return out[item]
+
+
+def restore_params(directory: str | os.PathLike, target: Any, step: Optional[int] = None) -> Any:
+    """Restore the `params` item onto `target`, which may describe a different mesh than the
+    one that wrote it."""
+    step = latest_step(directory) if step is None else step
+    return _restore_item(directory, "params", target, step, "params")
 
 
 def load_model(directory: str | os.PathLike, mesh: Optional[jax.sharding.Mesh] = None,
@@ -162,12 +167,7 @@ def abstract_lora_model(cfg: ModelConfig, lora_cfg, mesh: jax.sharding.Mesh):
 
 
 def restore_lora(directory: str | os.PathLike, target: Any, step: int) -> Any:
-    with manager(directory, item_names=("lora",)) as mngr:
-        try:
-            out = mngr.restore(step, args=ocp.args.Composite(lora=ocp.args.StandardRestore(target)))
-        except (ValueError, KeyError, FileNotFoundError) as e:
-            raise UserError(f"{directory} step {step}: cannot restore the LoRA adapter: {e}") from None
-    return out["lora"]
+    return _restore_item(directory, "lora", target, step, "the LoRA adapter")
 
 
 def _load_lora_model(directory, mesh, step: int, cfg: ModelConfig, meta: dict) -> Decoder:

@@ -2,7 +2,6 @@
 the real `msm` parser, and its config loads with the wiring `msm run` adds (so a renamed key
 in a stage command's config shows up here, not halfway through a TPU run)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,34 +10,23 @@ from msm_jax.cli import build_parser
 from msm_jax.config import load_config
 from msm_jax.experiment.config import ExperimentConfig, SweepConfig
 from msm_jax.experiment.runner import plan_experiment
-from msm_jax.experiment.stages import REPO_ROOT
+from msm_jax.experiment.stages import REPO_ROOT, _overrides_after
 from msm_jax.experiment.sweep import expand, shared_stages
 
 EXPERIMENTS = sorted((REPO_ROOT / "configs" / "experiments").glob("*.yaml")) + sorted(
     (REPO_ROOT / "configs" / "recipes").glob("*.yaml"))
 SWEEPS = sorted((REPO_ROOT / "configs" / "sweeps").glob("*.yaml"))
-HAVE = {m: importlib.util.find_spec(m) is not None
-        for m in ("msm_jax.commands.train", "data_pipeline.cli", "data_pipeline.generate_cli", "eval.cli")}
-
-
-def overrides_after_config(argv, config):
-    out = []
-    for a in argv[argv.index(config) + 1:]:
-        if a.startswith("-"):
-            break
-        out.append(a)
-    return out
 
 
 def stage_config_class(stage):
-    """The config dataclass the stage's own command loads, or None when not installed here."""
-    if stage.kind in ("pretrain", "midtrain", "sft") and HAVE["msm_jax.commands.train"]:
+    """The config dataclass the stage's own command loads (None for commands without one)."""
+    if stage.kind in ("pretrain", "midtrain", "sft"):
         from msm_jax.train.config import RunConfig
         return RunConfig
-    if stage.kind == "shards" and HAVE["data_pipeline.cli"]:
+    if stage.kind == "shards":
         from data_pipeline.shards import ShardsConfig
         return ShardsConfig
-    if stage.kind == "eval" and HAVE["eval.cli"]:
+    if stage.kind == "eval":
         from eval.agentic import AgenticConfig
         from eval.value_generalization import ValueGenConfig
         return {"value": ValueGenConfig, "agentic": AgenticConfig}.get(stage.argv[1])
@@ -58,21 +46,16 @@ def test_every_stage_command_parses_and_its_config_loads_with_the_wiring(path):
     for stage in stages:
         if stage.call is not None:
             continue
-        if stage.argv[0] in ("train", "shards", "eval", "generate", "tokenizer") and not HAVE.get(
-                {"train": "msm_jax.commands.train", "shards": "data_pipeline.cli", "tokenizer": "data_pipeline.cli",
-                 "eval": "eval.cli", "generate": "data_pipeline.generate_cli"}[stage.argv[0]]):
-            continue
         args = parser.parse_args(stage.argv)
         assert callable(args.func), stage.id
         cls = stage_config_class(stage)
         if cls is not None:
-            overrides = overrides_after_config(stage.argv, stage.config)
+            overrides = _overrides_after(stage.argv, stage.config)
             if stage.kind == "shards":
                 overrides.append(f"out={stage.dir}")
             load_config(cls, stage.config, overrides)
 
 
-@pytest.mark.skipif(not HAVE["data_pipeline.generate_cli"], reason="msm generate is not in this tree yet")
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
 def test_generation_configs_load_with_their_flags(path):
     from data_pipeline import aft_chats, msm_docs
