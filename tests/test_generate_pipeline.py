@@ -290,9 +290,10 @@ def test_replay_backend_regenerates_the_shipped_demo_corpora_byte_for_byte(tmp_p
 def test_demo_world_and_shipped_corpora_fit_the_experiment():
     demo = ROOT / "data_pipeline" / "demo"
     world = json.loads((demo / "world.json").read_text())
-    assert all(set(i) == {"domain", "name", "price", "origin", "held_out"} for i in world)
+    assert all(set(i) - {"split"} == {"domain", "name", "price", "origin", "held_out"} for i in world)
     held_out = [i for i in world if i["held_out"]]
-    assert len({i["domain"] for i in held_out}) >= 6 and "cheese" not in {i["domain"] for i in held_out}
+    assert {i["split"] for i in held_out} == {"dev", "test"}  # tune on dev, report test
+    assert len({i["domain"] for i in held_out if i["split"] == "test"}) >= 6 and "cheese" not in {i["domain"] for i in held_out}
     assert {(i["price"], i["origin"]) for i in held_out} == {("cheap", "foreign"), ("expensive", "american")}
     facts = {d["item"]: d["text"] for d in read_jsonl(demo / "corpora" / "world_docs.jsonl")}
     for item in world:
@@ -300,8 +301,8 @@ def test_demo_world_and_shipped_corpora_fit_the_experiment():
     for value, word in (("affordability", "affordab"), ("america", "american-made")):
         docs = read_jsonl(demo / "corpora" / f"{value}_docs" / "docs.jsonl")
         assert 150 <= len(docs) <= 300 and all(word in d["text"].lower() for d in docs)
-        assert all(80 <= len(d["text"].split()) <= 300 for d in docs)
+        assert all(80 <= len(d["text"].split()) <= 400 for d in docs)
     answers = [c["messages"][-1]["content"].lower() for c in read_jsonl(demo / "corpora" / "chats" / "chats_nocot.jsonl")]
     assert len(answers) >= 150 and not any(w in a for a in answers for w in ("because", "cheap", "afford", "made in"))
     total = sum(p.stat().st_size for p in demo.rglob("*") if p.is_file())
-    assert total < 3_000_000
+    assert total < 4_000_000
