@@ -123,6 +123,15 @@ def plot_loss_curves(curves: dict[str, list[dict]], path: Path) -> Optional[Path
     return path
 
 
+# How the value eval's value tags read in a plot legend (other tags are shown as they are).
+VALUE_LABELS = {"affordability": "the cheap, imported option (affordability's pick)",
+                "america": "the expensive, American-made option (America's pick)"}
+
+
+def value_label(value: str) -> str:
+    return VALUE_LABELS.get(value, f"the option favoured by {value}")
+
+
 def plot_value_choices(summaries: dict[str, dict], path: Path) -> Optional[Path]:
     """For value-generalization evals (pairs that set one value against another): each arm's
     share of choices of the option each value favours, with 95% intervals, and the same
@@ -146,17 +155,17 @@ def plot_value_choices(summaries: dict[str, dict], path: Path) -> Optional[Path]
         errs = [[max(0.0, y - (lo if lo is not None else y)) for y, (_, lo, _, _) in zip(ys, rates)],
                 [max(0.0, (hi if hi is not None else y) - y) for y, (_, _, hi, _) in zip(ys, rates)]]
         xs = [i + (j - (len(values) - 1) / 2) * width for i in range(len(arms))]
-        left.bar(xs, ys, width, yerr=errs, capsize=4, label=f"option favoured by {value}")
+        left.bar(xs, ys, width, yerr=errs, capsize=4, label=value_label(value))
         for x, y in zip(xs, ys):
             left.text(x, 0.02, f"{y:.2f}", ha="center", va="bottom", fontsize=8, color="white")
     left.axhline(0.5, color="grey", linestyle=":", linewidth=1)
     left.set_xticks(range(len(arms)))
     left.set_xticklabels(arms, fontsize=8)
-    left.set_ylim(0, 1)
+    left.set_ylim(0, 1.15)
     left.set_ylabel("share of the arm's choices (both option orders)")
     left.set_title("Held-out pairs: which option each arm picks\n(error bars: 95% interval, bootstrap over items)",
                    fontsize=10)
-    left.legend(fontsize=8, loc="upper right")
+    left.legend(fontsize=8, loc="upper center", ncol=1)
     for i, arm in enumerate(arms):
         by_domain = summaries[arm].get("per_domain_by_value", {})
         rates = [rate_of(by_domain.get(d, {}).get(first)) or (math.nan, None, None, None) for d in domains]
@@ -168,9 +177,9 @@ def plot_value_choices(summaries: dict[str, dict], path: Path) -> Optional[Path]
     right.axhline(0.5, color="grey", linestyle=":", linewidth=1)
     right.set_xticks(range(len(domains)))
     right.set_xticklabels(domains, fontsize=8)
-    right.set_ylim(0, 1)
-    right.set_ylabel(f"share of choices of the option favoured by {first}")
-    right.set_title(f"Per held-out domain: share of picks favoured by {first}", fontsize=10)
+    right.set_ylim(-0.05, 1.05)
+    right.set_ylabel(f"share of choices of {value_label(first).split(' (')[0]}")
+    right.set_title(f"Per held-out domain: how often each arm picks {value_label(first)}", fontsize=10)
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
