@@ -17,7 +17,7 @@ results stream then a closed connection, an int = that HTTP status, a callable =
 with the state before the call is served). `valid_key` makes any other key a 401.
 The yielded base_url is a `str` that also carries the server state: `base_url.calls`
 counts requests per endpoint, `base_url.message_requests` keeps every /v1/messages body,
-`base_url.billed` every answer the server charged for ({"model", "usage", "batch"}).
+`base_url.billed` every answer the server charged for ({"model", "usage", "batch", "request"}).
 The server also answers OpenAI-style /v1/chat/completions with the same responder, for
 the OpenAI-compatible backend.
 """
@@ -114,8 +114,11 @@ class FakeAnthropic:
         return fault
 
     def bill(self, body: dict, usage: dict, batch: bool) -> None:
+        """Record a charged answer; `request` identifies the request whichever API carried it."""
+        request = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         with self._lock:
-            self.billed.append({"model": body.get("model", "fake"), "usage": usage, "batch": batch})
+            self.billed.append({"model": body.get("model", "fake"), "usage": usage, "batch": batch,
+                                "request": request})
 
     # -- answers -----------------------------------------------------------------------
     def reply_for(self, body: dict) -> FakeReply:
@@ -254,7 +257,7 @@ def _make_handler(state: FakeAnthropic):
             return True
 
         def _key_refused(self) -> bool:
-            key = self.headers.get("x-api-key") or self.headers.get("Authorization")
+            key = self.headers.get("x-api-key") or (self.headers.get("Authorization") or "").removeprefix("Bearer ")
             if not key or (state.valid_key is not None and key != state.valid_key):
                 self._error(401, "invalid x-api-key")
                 return True
