@@ -30,6 +30,7 @@ import datetime
 import hashlib
 import itertools
 import json
+import sys
 import threading
 import time
 import urllib.parse
@@ -361,6 +362,13 @@ def _make_handler(state: FakeAnthropic):
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """A client killed or gone mid-request (the kill tests) is not an error of the server."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class ServerURL(str):
     """The server's base URL; attribute access reaches the server state (`.calls`, ...)."""
 
@@ -375,7 +383,7 @@ def fake_anthropic_server(responder: Callable[[dict], "str | FakeReply"],
                           batch_polls_until_end: int = 1, valid_key: str | None = None) -> Iterator[ServerURL]:
     """Run the fake API on an ephemeral port; yields its base URL (with `.calls`, ...)."""
     state = FakeAnthropic(responder, batch_polls_until_end, valid_key)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
+    server = _Server(("127.0.0.1", 0), _make_handler(state))
     server.daemon_threads = True
     state.base_url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},

@@ -371,3 +371,63 @@ def test_spend_cap_holds_with_batch_across_reruns_and_keeps_what_the_round_paid_
     assert first == again == 3 and docs
     assert sum(costs) <= cap + max(costs)
     assert len(url.billed) - bought <= 1   # the rerun may buy one call at most, then stops again
+
+
+@pytest.mark.slow
+def test_faults_kill_and_rerun_buy_every_answer_once_and_the_cap_holds(tmp_path, capsys):
+    """One run of `msm generate docs --batch --max-spend` against the local API server with
+    malformed 200 bodies (messages, batch create, batch retrieve), a cut results stream, a
+    lost batch-create answer, 401/404/400, and a SIGKILL mid-batch, then a rerun: every
+    answer is bought once (the only repeats are requests in flight at a fault) and the cap
+    is exceeded by one call at most, across all runs."""
+    cap = 0.15   # binds in the rerun, after the kill
+    author_with_faults = fake_claude({"docs_types": {0: FakeReply(text="", malformed=True)},
+                                      "docs_ideas": {1: FakeReply(text="", malformed=True)}})
+
+    def responder(body):
+        return FakeReply(status=404) if body["model"] == "claude-sonet-4-6" else author_with_faults(body)
+    config = docs_yaml(tmp_path, documents=16, batch_chunk_size=4)
+    proc = {}
+
+    def kill(state):
+        os.kill(proc["p"].pid, signal.SIGKILL)
+    with fake_anthropic_server(responder, batch_polls_until_end=2, valid_key="sk-test-dummy") as url:
+        for fault, args in (("401", []), ("404", ["model_name=claude-sonet-4-6"]), ("400", [])):
+            if fault == "401":
+                url.state.valid_key = "sk-other"
+            if fault == "400":
+                url.inject("messages", 400)
+            rc = msm(["generate", "docs", str(config), *args, "--out-dir", str(tmp_path / fault),
+                      "--base-url", url, "--no-progress"])
+            url.state.valid_key = "sk-test-dummy"
+            assert rc == 1 and not (tmp_path / fault / "docs.jsonl").exists(), fault
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 3 and "HTTP 401" in err[0] and "'claude-sonet-4-6'" in err[1] and "HTTP 400" in err[2]
+        assert url.billed == []
+
+        url.inject("batch_create", "malformed", "lost")
+        url.inject("batch_retrieve", None, "malformed", None, None, None, kill)   # kill: the 3rd batch in flight
+        url.inject("batch_results", None, "truncate")
+        cmd = [sys.executable, "-m", "msm_jax.cli", "generate", "docs", str(config), "--base-url", url,
+               "--batch", "--max-spend", str(cap), "--no-progress"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc["p"] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc["p"].wait(timeout=120) == -signal.SIGKILL
+        killed_at = len(url.billed)
+        rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert rerun.returncode in (0, 3), rerun.stderr
+        store = AnswerStore(tmp_path / "store")
+        created = set(url.batches)
+    costs = billed_usd(url.billed)
+    repeats = sum(n - 1 for n in collections.Counter(b["request"] for b in url.billed).values())
+    ledger = sum(json.loads(line)["usd"] for line in (tmp_path / "docs" / "spend.jsonl").read_text().splitlines())
+    report = json.loads((tmp_path / "docs" / "docs.report.json").read_text())
+    print(f"\nfault run: {len(url.billed)} answers billed ({killed_at} before the kill), {repeats} repeats, "
+          f"{len(created)} batches; billed ${sum(costs):.4f} vs cap ${cap} (+ one call ${max(costs):.4f}); "
+          f"ledger ${ledger:.4f}; exit {rerun.returncode}, stopped {report['stopped'][:40]!r}")
+    assert repeats <= 2 + 1   # the two malformed message bodies, at most one call in flight at the kill
+    assert sum(costs) <= cap + max(costs)
+    assert ledger >= sum(costs) - 1e-9   # our estimate never undercounts what was billed
+    assert created == store.known_batches() and not store.pending_batches() and not store.unresolved_intents()
+    assert rerun.returncode == 3 and report["stopped"].startswith("spend_limit") and len(url.billed) > killed_at
+    assert report["documents"] == len(read_jsonl(tmp_path / "docs" / "docs.jsonl")) > 0
