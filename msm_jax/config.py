@@ -63,7 +63,9 @@ def _read_yaml(path: Path) -> Any:
         with open(path) as f:
             return yaml.safe_load(f)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start})") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
 
@@ -214,14 +216,14 @@ def _convert(value: Any, tp: Any, path: str, sources: Mapping[str, str]) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        choices = [arg for arg in args if arg is not type(None)]
+        if len(choices) == 1:  # Optional[X]: X's own error names the inner key
+            return _convert(value, choices[0], path, sources)
+        for arg in choices:
             try:
                 return _convert(value, arg, path, sources)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         _fail(path, sources, f"expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = get_args(tp)
