@@ -178,6 +178,7 @@ def load_tree(path: str | os.PathLike | None = None, overrides: Iterable[str] = 
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
         _deep_merge(tree, _expand(raw, str(p), p.resolve().parent, "", sources, (p.resolve(),)))
+        sources.setdefault("", str(p))  # where a problem of the whole config is reported
     for text in overrides:
         key, value = parse_override(text)
         apply_override(tree, key, value, sources)
@@ -199,7 +200,7 @@ def _where(path: str, sources: Mapping[str, str]) -> str:
 
 
 def _fail(path: str, sources: Mapping[str, str], message: str) -> typing.NoReturn:
-    raise ConfigError(f"{_where(path, sources)}: {path or '<root>'}: {message}")
+    raise ConfigError(f"{_where(path, sources)}: {path + ': ' if path else ''}{message}")
 
 
 def _type_name(tp: Any) -> str:
