@@ -206,6 +206,22 @@ def missing_inputs(cfg) -> list[str]:
             if value and not paths.is_remote(value) and not Path(resolve_file(value)).exists()]
 
 
+def check_same_experiment(cfg) -> None:
+    """An output folder belongs to one experiment: refuse to write over another's experiment.yaml."""
+    import yaml
+
+    path = paths.join(cfg.out, "experiment.yaml")
+    if not paths.exists(path):
+        return
+    try:
+        previous = yaml.safe_load(paths.read_text(path))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        previous = None
+    name = previous.get("name") if isinstance(previous, dict) else None
+    if name != cfg.name:
+        raise UserError(f"{path}: {cfg.out} holds experiment {name!r}, not {cfg.name!r}; choose another out=")
+
+
 def run_experiment(cfg, *, dry_run: bool = False, only: Sequence[str] = (), launcher: Optional[Launcher] = None,
                    out: Callable = print) -> dict:
     """Plan and run an experiment; returns the context (stages, report path)."""
@@ -219,6 +235,7 @@ def run_experiment(cfg, *, dry_run: bool = False, only: Sequence[str] = (), laun
     stages = select(plan_experiment(cfg), only)
     context = {"config": cfg, "stages": stages}
     if not dry_run:
+        check_same_experiment(cfg)
         paths.makedirs(cfg.out)
         paths.write_text(paths.join(cfg.out, "experiment.yaml"), to_yaml(cfg))
     start = time.time()
