@@ -87,7 +87,9 @@ def test_mix_by_tokens_needs_a_token_count_for_every_shard_set():
 
 
 SHIPPED = sorted((REPO_ROOT / "configs" / "recipes").glob("*.yaml")) + sorted(
-    (REPO_ROOT / "configs" / "experiments").glob("*.yaml"))
+    (REPO_ROOT / "configs" / "experiments").glob("*.yaml")) + sorted(
+    (REPO_ROOT / "configs" / "experiments" / "values").glob("*.yaml"))
+VALUES = ["pro_environment", "novelty", "tradition", "simplicity", "difficulty", "individualism"]
 SWEEPS = sorted((REPO_ROOT / "configs" / "sweeps").glob("*.yaml"))
 
 
@@ -98,3 +100,16 @@ def test_every_shipped_experiment_and_sweep_passes_its_dry_run(path, capsys):
     assert msm([command, str(path), "--dry-run"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "plan: " in out and "API ~$" in out and "TPU: " in out
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_each_further_value_has_its_specs_and_held_out_pairs(value):
+    from eval.value_generalization import load_pairs
+
+    pairs = load_pairs(REPO_ROOT / "eval" / "data" / "values" / f"{value}_pairs.jsonl", value)
+    assert len({p["domain"] for p in pairs}) >= 4
+    assert sorted(p["aligned"][value] for p in pairs) == [0] * (len(pairs) // 2) + [1] * (len(pairs) // 2)  # no position shortcut
+    spec = (REPO_ROOT / "data_pipeline" / "specs" / "values" / f"{value}.md").read_text()
+    rules = (REPO_ROOT / "data_pipeline" / "specs" / "values" / f"{value}_rules.md").read_text()
+    taught = spec.split("## Rules (")[1].split(",")[0]
+    assert taught in rules and not any(p["domain"] == taught for p in pairs)  # evaluated on unseen domains
