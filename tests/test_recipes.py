@@ -88,7 +88,8 @@ def test_mix_by_tokens_needs_a_token_count_for_every_shard_set():
 
 SHIPPED = sorted((REPO_ROOT / "configs" / "recipes").glob("*.yaml")) + sorted(
     (REPO_ROOT / "configs" / "experiments").glob("*.yaml")) + sorted(
-    (REPO_ROOT / "configs" / "experiments" / "values").glob("*.yaml"))
+    (REPO_ROOT / "configs" / "experiments" / "values").glob("*.yaml")) + sorted(
+    (REPO_ROOT / "configs" / "experiments" / "spec-content").glob("*.yaml"))
 VALUES = ["pro_environment", "novelty", "tradition", "simplicity", "difficulty", "individualism"]
 SWEEPS = sorted((REPO_ROOT / "configs" / "sweeps").glob("*.yaml"))
 
@@ -113,3 +114,20 @@ def test_each_further_value_has_its_specs_and_held_out_pairs(value):
     rules = (REPO_ROOT / "data_pipeline" / "specs" / "values" / f"{value}_rules.md").read_text()
     taught = spec.split("## Rules (")[1].split(",")[0]
     assert taught in rules and not any(p["domain"] == taught for p in pairs)  # evaluated on unseen domains
+
+
+def test_spec_content_variants_share_the_five_core_rules():
+    import re
+
+    folder = REPO_ROOT / "data_pipeline" / "specs" / "spec_content"
+    core = re.findall(r"^(\d)\. (.+?)(?=\n\d\. |\Z)", (folder / "rules_only.md").read_text(), re.M | re.S)
+    assert [n for n, _ in core] == ["1", "2", "3", "4", "5"]
+    for variant in ("rules_subrules.md", "rules_values.md"):
+        text = " ".join((folder / variant).read_text().split())
+        assert all(" ".join(rule.split()) in text for _, rule in core), variant
+    principles = (folder / "principles_only.md").read_text()
+    assert principles.count("\n- ") == 5 and "1." not in principles  # the same five, as principles
+    exp = load_config(ExperimentConfig, REPO_ROOT / "configs/experiments/spec-content/qwen3-32b-spec-content.yaml")
+    specs = {exp.datasets[exp.shards[exp.arms[a].midtrain.shards[0]].data[0]].spec for a in
+             ("rules_only", "rules_subrules", "rules_values", "principles_only")}
+    assert len(specs) == 4 and len({tuple(exp.arms[a].sft.shards) for a in exp.arms if exp.arms[a].sft}) == 1
