@@ -20,6 +20,7 @@ from data_pipeline.msm_docs import DocJudgeConfig, DocsConfig, generate_document
 from data_pipeline.prompts import task_of
 from fake_anthropic import FakeReply, fake_anthropic_server
 from msm_jax.cli import main as msm
+from msm_jax.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "data_pipeline" / "specs"
@@ -431,3 +432,17 @@ def test_faults_kill_and_rerun_buy_every_answer_once_and_the_cap_holds(tmp_path,
     assert created == store.known_batches() and not store.pending_batches() and not store.unresolved_intents()
     assert rerun.returncode == 3 and report["stopped"].startswith("spend_limit") and len(url.billed) > killed_at
     assert report["documents"] == len(read_jsonl(tmp_path / "docs" / "docs.jsonl")) > 0
+
+
+def test_misspelt_chat_judge_model_stops_at_its_first_call_not_after_every_round(tmp_path):
+    responder = fake_claude()
+
+    def no_such_model(body):
+        return FakeReply(status=404) if body["model"] == "claude-haiku-4-5x" else responder(body)
+    with fake_anthropic_server(no_such_model) as url:
+        cfg = chats_cfg(url, tmp_path, judge=ChatJudgeConfig(model_name="claude-haiku-4-5x"))
+        with pytest.raises(UserError, match=r"generate chats stopped, nothing written: HTTP 404 .*'claude-haiku-4-5x'"):
+            generate_chats(cfg, make_client(cfg.llm), progress=False)
+        judged = sum(r["model"] == "claude-haiku-4-5x" for r in url.message_requests)
+    assert judged == 1 and responder.calls["chats_response"] <= 12   # one round of replies, not max_rounds
+    assert not (tmp_path / "chats" / "chats_cot.jsonl").exists()
