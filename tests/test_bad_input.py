@@ -6,11 +6,9 @@ Commands run in process (`msm_jax.cli.main`) against small shared fixtures: a to
 good shards built once for the module."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-import yaml
 
 from msm_jax.cli import main
 
