@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from eval.backends import Backend, BackendConfig, Chat
-from eval.records import append_jsonl, read_jsonl, write_json
+from eval.records import append_jsonl, write_json
 from eval.stats import bootstrap_interval
 from msm_jax.errors import UserError
 from msm_jax.sampling import SamplingParams

@@ -6,11 +6,9 @@ Commands run in process (`msm_jax.cli.main`) against small shared fixtures: a to
 good shards built once for the module."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-import yaml
 
 from msm_jax.cli import main
 
@@ -18,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "data_pipeline" / "demo" / "corpora"
 PAIR = {"id": "art-000", "domain": "art", "question": "Which?", "options": ["a: cheap", "b: dear"],
         "aligned": {"affordability": 0, "america": 1}}
-TRAIN = [str(REPO / "configs/train/tiny-midtrain.yaml"), "train.steps=2", "logging.progress_bar=false",
+TRAIN = [str(REPO / "configs/train/tiny-midtrain.yaml"), "train.steps=2", "train.seq_len=128", "logging.progress_bar=false",
          "model.vocab_size=1024"]
 
 

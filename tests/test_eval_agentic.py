@@ -133,7 +133,7 @@ def test_interrupted_run_resumes_without_redoing_saved_samples(tmp_path):
 
 def test_failed_judge_calls_are_left_for_the_next_run(tmp_path):
     def flaky(body):
-        return FakeReply(status=400) if "EXEC-4429" in body["messages"][-1]["content"] else claude_like_judge(body)
+        return FakeReply(status=500) if "EXEC-4429" in body["messages"][-1]["content"] else claude_like_judge(body)
     with fake_anthropic_server(flaky) as url:
         cfg = config(tmp_path, judge_config(url, tmp_path))
         first = agentic.evaluate(ScriptedBackend(reply=harmful_reply), cfg)
