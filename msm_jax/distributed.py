@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 from msm_jax.errors import UserError
 from msm_jax.train.config import DistributedConfig
@@ -121,3 +121,12 @@ def broadcast_json(value: Any, name: str, timeout_s: float = BARRIER_TIMEOUT_S) 
         return json.loads(client.blocking_key_value_get(key, int(timeout_s * 1000)))
     except Exception as e:
         raise UserError(f"broadcast {name!r}: nothing from process 0 within {timeout_s:.0f} s ({e})") from None
+
+
+def on_leader(name: str, fn: Callable[[], Any], timeout_s: float = BARRIER_TIMEOUT_S) -> Any:
+    """`fn()` on the leader alone (a side effect that must happen once: writing files outside
+    Orbax), the others waiting at a barrier until it is done; its JSON-able result reaches every
+    process. `fn` must not use collectives (Orbax saves, multi-host arrays): it runs alone."""
+    result = fn() if is_leader() else None
+    barrier(name, timeout_s)
+    return broadcast_json(result, name, timeout_s)
