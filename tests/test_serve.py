@@ -3,6 +3,7 @@ transformers' `generate` on the exported model token for token, for 8 concurrent
 decoded as one batch; bad requests get OpenAI-style 4xx errors and the server keeps serving;
 streaming, n, stop, seeds and the completions endpoint do what OpenAI's do."""
 
+import functools
 import json
 import os
 import subprocess
@@ -44,10 +45,16 @@ def chat(q):
     return [{"role": "system", "content": "You are terse."}, {"role": "user", "content": q}]
 
 
-def transformers_greedy(hf_dir, prompt_ids, eos_ids, max_new_tokens):
+@functools.cache
+def _hf_model(hf_dir):
     import torch
     import transformers
-    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+
+
+def transformers_greedy(hf_dir, prompt_ids, eos_ids, max_new_tokens):
+    import torch
+    hf = _hf_model(hf_dir)
     with torch.no_grad():
         out = hf.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
                           do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=list(eos_ids), pad_token_id=0)
@@ -55,13 +62,16 @@ def transformers_greedy(hf_dir, prompt_ids, eos_ids, max_new_tokens):
     return next((row[:j] for j, t in enumerate(row) if t in eos_ids), row)
 
 
-def test_eight_concurrent_greedy_chats_equal_transformers_and_decode_as_one_batch(server, client, dirs):
+def test_eight_concurrent_greedy_chats_equal_transformers_and_decode_as_one_batch_each_to_its_max_tokens(server, client, dirs):
     results, barrier = {}, threading.Barrier(len(QUESTIONS))
+
+    def max_tokens(i):  # batch-mates asking for fewer tokens get only theirs
+        return 12 if i % 2 else 5
 
     def ask(i):
         barrier.wait()
         results[i] = client.chat.completions.create(model="tiny", messages=chat(QUESTIONS[i]), temperature=0,
-                                                    max_tokens=12)
+                                                    max_tokens=max_tokens(i))
     server.engine.batches.clear()
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(QUESTIONS))]
     for t in threads:
@@ -72,12 +82,12 @@ def test_eight_concurrent_greedy_chats_equal_transformers_and_decode_as_one_batc
     codec = server.engine.codec
     for i, q in enumerate(QUESTIONS):
         prompt = codec.encode(codec.render(chat(q)))
-        expected = transformers_greedy(dirs / "hf", prompt, codec.eos_ids, 12)
+        expected = transformers_greedy(dirs / "hf", prompt, codec.eos_ids, max_tokens(i))
         resp = results[i]
         assert resp.choices[0].message.content == codec.decode(expected)
         assert resp.usage.completion_tokens == len(expected)
         assert resp.usage.prompt_tokens == len(prompt)
-        assert resp.choices[0].finish_reason == ("length" if len(expected) == 12 else "stop")
+        assert resp.choices[0].finish_reason == ("length" if len(expected) == max_tokens(i) else "stop")
         assert resp.model == "tiny"
 
 
@@ -112,7 +122,7 @@ def test_streamed_chat_equals_the_unstreamed_one(client):
     assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
 
 
-def test_seeded_samples_repeat_n_choices_differ_and_max_tokens_is_per_request(client):
+def test_seeded_samples_repeat_and_n_choices_differ(client):
     def sample(seed):
         r = client.chat.completions.create(model="tiny", messages=chat(QUESTIONS[1]), temperature=1.0,
                                            max_tokens=10, n=3, seed=seed)
@@ -120,21 +130,19 @@ def test_seeded_samples_repeat_n_choices_differ_and_max_tokens_is_per_request(cl
     first = sample(7)
     assert first == sample(7)
     assert len(set(first)) > 1
-    short = client.chat.completions.create(model="tiny", messages=chat(QUESTIONS[1]), temperature=0, max_tokens=2)
-    assert short.usage.completion_tokens <= 2
 
 
-def test_stop_string_cuts_the_text_and_completions_endpoint_continues_raw_text(client):
-    free = client.completions.create(model="tiny", prompt="Which cheese", temperature=0, max_tokens=10)
+def test_completions_of_the_rendered_prompt_equal_the_chat_and_stop_strings_cut(server, client):
+    codec = server.engine.codec
+    rendered = codec.render(chat(QUESTIONS[3]))
+    reply = client.chat.completions.create(model="tiny", messages=chat(QUESTIONS[3]), temperature=0, max_tokens=12)
+    free = client.completions.create(model="tiny", prompt=[rendered], temperature=0, max_tokens=12)
     text = free.choices[0].text
-    assert free.object == "text_completion" and free.usage.completion_tokens >= 1
-    if len(text) >= 3:
-        stop = text[1:3]
-        cut = client.completions.create(model="tiny", prompt="Which cheese", temperature=0, max_tokens=10,
-                                        stop=[stop])
-        assert cut.choices[0].text == text[:text.find(stop)] and cut.choices[0].finish_reason == "stop"
-    both = client.completions.create(model="tiny", prompt=["Which cheese", "Brie"], temperature=0, max_tokens=4)
-    assert [c.index for c in both.choices] == [0, 1] and both.choices[0].text == text[:len(both.choices[0].text)]
+    assert free.object == "text_completion" and text == reply.choices[0].message.content
+    assert len(text) >= 3  # a peaked random model rarely stops at once; the stop check below needs text
+    stop = text[1:3]
+    cut = client.completions.create(model="tiny", prompt=rendered, temperature=0, max_tokens=12, stop=[stop])
+    assert cut.choices[0].text == text[:text.find(stop)] and cut.choices[0].finish_reason == "stop"
 
 
 @pytest.mark.slow
