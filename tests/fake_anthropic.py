@@ -161,6 +161,21 @@ class FakeAnthropic:
         }
 
 
+def _message_events(message: dict) -> bytes:
+    """A text message as the Messages API streams it (server-sent events), for clients that
+    stream long requests (Inspect's Anthropic provider)."""
+    text = "".join(block.get("text", "") for block in message["content"])
+    events = [
+        {"type": "message_start", "message": {**message, "content": [], "stop_reason": None}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+         "usage": {"output_tokens": message["usage"]["output_tokens"]}},
+        {"type": "message_stop"}]
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
+
+
 def _make_handler(state: FakeAnthropic):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -214,7 +229,9 @@ def _make_handler(state: FakeAnthropic):
                 state.calls["messages"] += 1
                 state.message_requests.append(body)
                 reply = self._reply_or_fault(body)
-                if reply is not None:
+                if reply is not None and body.get("stream"):
+                    self._send(200, _message_events(state.message_for(body, reply)), "text/event-stream")
+                elif reply is not None:
                     self._send(200, state.message_for(body, reply))
             elif path == "/v1/messages/batches":
                 state.calls["batch_create"] += 1
