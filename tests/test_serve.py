@@ -78,7 +78,7 @@ def test_eight_concurrent_greedy_chats_equal_transformers_and_decode_as_one_batc
         t.start()
     for t in threads:
         t.join()
-    assert server.engine.batches == [8]
+    assert list(server.engine.batches) == [8]
     codec = server.engine.codec
     for i, q in enumerate(QUESTIONS):
         prompt = codec.encode(codec.render(chat(q)))

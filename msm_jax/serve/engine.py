@@ -1,10 +1,10 @@
 """The model behind the server, and the batcher that decodes concurrent requests together.
 
 HTTP threads `submit` jobs and wait on futures. One batcher thread owns the sampler: it
-takes the first waiting job, keeps collecting for `window_s` (or until a batch is full),
-also takes whatever queued while the previous batch decoded, groups the jobs that can
-share one sampler call, and runs each group as one batch. A group shares temperature,
-top_p and stop strings (the sampler takes one `SamplingParams` per call) and decodes to
+takes the first waiting job, keeps collecting while jobs keep arriving (gaps under
+`window_s`) until a batch is full, also takes whatever queued while the previous batch
+decoded, groups the jobs that can share one sampler call, and runs each group as one
+batch (padded to `batch_size` rows). A group shares temperature, top_p and stop strings (the sampler takes one `SamplingParams` per call) and decodes to
 the largest max_tokens in it; each row is cut back to its own request's max_tokens.
 Greedy rows batch whatever their seed; a seeded sampling job runs alone, so the same
 seed gives the same text however requests interleave.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+from collections import deque
 import random
 import threading
 import time
@@ -75,7 +76,7 @@ class Engine:
         self.batch_size = batch_size
         self.window_s = window_s
         self.heartbeat_s = heartbeat_s
-        self.batches: list[int] = []  # rows per sampler call, for tests and the benchmark
+        self.batches: deque[int] = deque(maxlen=1024)  # rows of recent sampler calls (tests, benchmark)
         self._queue: queue.Queue[Optional[_Pending]] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="msm-serve-batcher", daemon=True)
 
@@ -114,11 +115,13 @@ class Engine:
             multihost.broadcast(multihost.SHUTDOWN)
 
     def _collect(self, first: _Pending) -> tuple[list[_Pending], bool]:
+        """Jobs for the next batch: until it is full, or no job arrived for `window_s` (clients
+        released together still reach the server one by one), at most 10 windows in all."""
         pending = [first]
-        deadline = time.monotonic() + self.window_s
+        start = time.monotonic()
         while True:
             rows = sum(p.job.n for p in pending)
-            wait = deadline - time.monotonic()
+            wait = min(self.window_s, start + 10 * self.window_s - time.monotonic())
             try:
                 item = self._queue.get(timeout=wait) if rows < self.batch_size and wait > 0 \
                     else self._queue.get_nowait()
@@ -130,9 +133,12 @@ class Engine:
 
     def _run(self, group: list[_Pending]) -> None:
         prompts = [p.job.prompt for p in group for _ in range(p.job.n)]
+        # Padding rows up to whole batches keeps one compiled shape per prompt length: a new
+        # row count would recompile mid-serving (minutes for a large model on a slice).
+        prompts += [prompts[0]] * (-len(prompts) % self.batch_size)
         params = dataclasses.replace(group[0].job.params, max_tokens=max(p.job.params.max_tokens for p in group),
                                      seed=_seed(group[0].job))
-        self.batches.append(len(prompts))
+        self.batches.append(sum(p.job.n for p in group))
         try:
             if multihost.multiprocess():
                 multihost.broadcast(multihost.batch_message(prompts, params))
