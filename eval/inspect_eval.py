@@ -29,6 +29,7 @@ from eval.backends import BackendConfig
 from msm_jax.errors import UserError
 from msm_jax.outputs import atomic_write_text
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVE_START_TIMEOUT_S = 1800  # loading a 32B checkpoint onto a slice takes minutes
 
 
@@ -40,7 +41,8 @@ class InspectConfig:
     out_dir: str = "runs/eval/inspect"
     task: str = "inspect_evals/agentic_misalignment"
     task_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # -T for every condition
-    # Each entry maps task arguments to lists of values; a condition is one point of one entry's product.
+    # Each entry maps task arguments to lists of values; a condition is one point of one entry's
+    # product. The key `task` picks another task for that entry (e.g. eval/inspect_tasks.py@msm_agentic).
     grid: tuple[dict[str, tuple[Any, ...]], ...] = ()
     epochs: int = 1              # samples per condition (agentic_misalignment has one sample per condition)
     temperature: float = 0.7
@@ -143,19 +145,29 @@ def _finished_log(log_dir: Path) -> Optional[str]:
     return None
 
 
+def task_spec(task: str) -> str:
+    """A registry name as is; a `FILE.py@task` found from here or from the repository root."""
+    path, sep, name = task.partition("@")
+    if sep and path.endswith(".py") and not Path(path).is_file() and (REPO_ROOT / path).is_file():
+        return f"{REPO_ROOT / path}@{name}"
+    return task
+
+
 def run_condition(cfg: InspectConfig, args: dict, url: str, log_dir: Path) -> str:
     """One `inspect eval` of the task with `args`; the path of its log."""
     import inspect_ai
     os.environ.setdefault("MSM_API_KEY", "msm-serve")  # the provider wants a key; msm serve ignores it
+    args = dict(args)
+    task = task_spec(args.pop("task", cfg.task))
     logs = inspect_ai.eval(
-        cfg.task, task_args=args, model=f"openai-api/msm/{cfg.model_name}", model_base_url=url,
+        task, task_args=args, model=f"openai-api/msm/{cfg.model_name}", model_base_url=url,
         epochs=cfg.epochs, temperature=cfg.temperature, max_tokens=cfg.max_tokens, limit=cfg.limit,
         max_connections=cfg.max_connections or cfg.backend.batch_size, log_dir=str(log_dir), display="none",
         retry_on_error=cfg.retry_on_error, fail_on_error=cfg.fail_on_error)
     log = logs[0]
     if log.status != "success":
         message = log.error.message if log.error else log.status
-        raise UserError(f"inspect eval {cfg.task} ({condition_id(args)}) ended {log.status}: {message}; "
+        raise UserError(f"inspect eval {task} ({condition_id(args)}) ended {log.status}: {message}; "
                         f"log in {log.location}")
     return log.location
 

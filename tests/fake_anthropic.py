@@ -252,7 +252,8 @@ def _make_handler(state: FakeAnthropic):
                                      "choices": [{"index": 0, "finish_reason": finish,
                                                   "message": {"role": "assistant", "content": reply.text}}],
                                      "usage": {"prompt_tokens": usage["input_tokens"],
-                                               "completion_tokens": usage["output_tokens"]}})
+                                               "completion_tokens": usage["output_tokens"],
+                                               "total_tokens": usage["input_tokens"] + usage["output_tokens"]}})
             else:
                 self._error(404, f"no route {path}")
 
