@@ -65,7 +65,7 @@ def llm(url, tmp_path, **kw):
 
 def docs_cfg(url, tmp_path, **kw):
     base = dict(spec=str(SPECS / "cheese_affordability.md"), out_dir=str(tmp_path / "docs"), llm=llm(url, tmp_path),
-                num_domains=2, types_per_section=2, ideas_per_call=4, documents=10, min_words=80, max_words=300,
+                num_domains=2, types_per_section=2, ideas_per_call=4, documents=10, min_words=80, max_words=400,
                 est_tokens_per_document=250)
     base.update(kw)
     return DocsConfig(**base)
@@ -238,7 +238,7 @@ def test_killed_run_restarts_where_it_stopped_without_buying_twice(tmp_path):
 def chats_cfg(url, tmp_path, **kw):
     base = dict(spec=str(SPECS / "cheese_rules_only.md"), out_dir=str(tmp_path / "chats"), llm=llm(url, tmp_path),
                 chats=12, num_domains=2, kinds=("direct", "comparison", "edge_case"), questions_per_call=5,
-                answer_min_words=2, answer_max_words=40, dedup_threshold=0.75)
+                answer_min_words=1, answer_max_words=40, dedup_threshold=0.75)
     base.update(kw)
     return ChatsConfig(**base)
 
