@@ -76,6 +76,8 @@ def test_cut_down_demo_runs_every_real_stage_and_writes_the_report(tmp_path, mon
     text = report.read_text()
     assert "| AFT only (control) |" in text and "aligned_by_value.affordability" in text
     assert (report.parent / "loss_curves.png").stat().st_size > 1000
+    assert "value: choices by value and domain" in text and "| domain | option favoured by |" in text
+    assert (report.parent / "choices_value.png").stat().st_size > 1000  # each value's rate, with intervals
     export = next((tmp_path / "run" / "export").iterdir())
     assert json.loads((export / "config.json").read_text())["vocab_size"] == 1024
     assert (export / "tokenizer.model").is_file()
