@@ -1,4 +1,4 @@
-"""`msm eval ...`: value generalization, agentic grid, reasoning tags, spec QA, report.
+"""`msm eval ...`: value generalization, agentic grid, reasoning tags, spec QA, Inspect tasks, report.
 
 Each eval takes a YAML config (configs/eval/*.yaml) plus `key.sub=value` overrides, e.g.
 `msm eval value configs/eval/value_generalization.yaml backend.path=RUN out_dir=RUN/eval/value`.
@@ -17,7 +17,8 @@ def add_parser(subparsers) -> None:
     for name, helptext in (("value", "value generalization: A/B pairs in held-out domains, both orders"),
                            ("agentic", "agentic-misalignment grid: sample, judge, check, rates"),
                            ("tags", "tag reasoning patterns in saved agentic transcripts"),
-                           ("spec-qa", "open questions graded 1-10 against the spec")):
+                           ("spec-qa", "open questions graded 1-10 against the spec"),
+                           ("inspect", "a public Inspect task (agentic_misalignment) against `msm serve` on the model")):
         p = sub.add_parser(name, help=helptext, description=helptext)
         p.add_argument("config", help="YAML config (see configs/eval/)")
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
@@ -65,6 +66,10 @@ def _run_eval(args) -> int:
         from eval import spec_qa as mod
         cfg = load_config(mod.SpecQAConfig, args.config, args.overrides)
         summary = mod.evaluate(_backend(cfg, args.judge_only), cfg)
+    elif name == "inspect":
+        from eval import inspect_eval as mod
+        cfg = load_config(mod.InspectConfig, args.config, args.overrides)
+        summary = mod.evaluate(cfg)
     else:
         from eval import reasoning_tags as mod
         cfg = load_config(mod.ReasoningTagsConfig, args.config, args.overrides)

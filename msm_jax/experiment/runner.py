@@ -22,6 +22,8 @@ BUCKET_MOUNT = "/gcs/"  # where tools/tpu/install.sh --bucket mounts Cloud Stora
 def log_path(stage: Stage) -> Path:
     if paths.is_remote(stage.dir):
         return LOG_MIRROR / stage.dir.split("://", 1)[1] / LOG_FILE
+    if paths.routed(stage.dir):
+        return LOG_MIRROR / stage.dir.lstrip("/") / LOG_FILE
     return Path(stage.dir) / LOG_FILE
 
 
@@ -171,7 +173,7 @@ def missing_inputs(cfg) -> list[str]:
     given = [(f"datasets.{n}.path", d.path) for n, d in cfg.datasets.items() if d.path]
     given += [("base_model", cfg.base_model), ("tokenizer.path", cfg.tokenizer.path if cfg.tokenizer else None)]
     return [f"{key}: {value} not found" for key, value in given
-            if value and not paths.is_remote(value) and not Path(resolve_file(value)).exists()]
+            if value and not paths.is_remote(value) and not paths.routed(value) and not Path(resolve_file(value)).exists()]
 
 
 def check_same_experiment(cfg) -> None:
@@ -230,7 +232,18 @@ def make_launcher(kind: str, tpu, out_root: str, processes: int = 2, devices: in
     if not (paths.is_remote(out_root) or str(out_root).startswith(BUCKET_MOUNT)):
         raise UserError(f"--launcher tpu: out {out_root!r} must be a folder every TPU worker sees: "
                         f"{BUCKET_MOUNT}BUCKET/... (tools/tpu/install.sh --bucket mounts it) or gs://BUCKET/...")
+    route_bucket_mount(str(out_root))
     return TpuLauncher(tpu.name, tpu.zone, tpu.project, tpu.script)
+
+
+def route_bucket_mount(out_root: str) -> None:
+    """Where this machine does not mount /gcs/BUCKET (the workers do), read and write the
+    runner's own files there through gs://BUCKET instead."""
+    if not out_root.startswith(BUCKET_MOUNT):
+        return
+    bucket = out_root[len(BUCKET_MOUNT):].split("/", 1)[0]
+    if bucket and not Path(BUCKET_MOUNT, bucket).is_dir():
+        paths.route(f"{BUCKET_MOUNT}{bucket}/", f"gs://{bucket}/")
 
 
 def run_experiment_file(path, overrides: Sequence[str] = (), *, dry_run: bool = False, only: Sequence[str] = (),
