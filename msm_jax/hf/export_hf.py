@@ -74,11 +74,23 @@ def layer_chunks(params: dict) -> dict:
 
 
 def _weight_specs(cfg, arrays: CheckpointArrays, np_dtype: np.dtype) -> list:
-    """(HF name, shape, dtype, producer) of every tensor; a producer reads one layer's slice."""
+    """(HF name, shape, dtype, producer) of every tensor. A stacked parameter is read in runs
+    of layers that match its storage chunks: one layer at a time when each layer is its own
+    chunk (imports, merges), otherwise each chunk's layers once (training checkpoints store a
+    device's shard of all layers as one chunk), so nothing is decoded twice."""
+    block: dict = {}  # the run of layers read last: (key, first layer, array)
+
+    def layer_of(tm, layer):
+        store = arrays.array(tm.key)
+        if block.get("key") != tm.key or not block["first"] <= layer < block["first"] + len(block["array"]):
+            run = store.chunk_layout.read_chunk.shape[0] or 1
+            first = layer - layer % run
+            block.update(key=tm.key, first=first, array=np.asarray(store[first:first + run].read().result()))
+        return block["array"][layer - block["first"]]
+
     def producer(tm, layer):
         def produce():
-            store = arrays.array(tm.key)
-            arr = np.asarray((store[layer] if tm.stacked else store).read().result())
+            arr = layer_of(tm, layer) if tm.stacked else np.asarray(arrays.array(tm.key).read().result())
             if tm.vocab_axis is not None:
                 arr = arr[: cfg.vocab_size] if tm.vocab_axis == 0 else arr[:, : cfg.vocab_size]
             return arr.T if tm.transpose else arr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from pathlib import Path
 from typing import Callable, Iterable
@@ -89,21 +90,38 @@ class SafetensorsReader:
 
     def get(self, name: str, index: tuple[slice, ...] = ()) -> np.ndarray:
         """The tensor, or its block `index` (slices, one per leading axis), read into a fresh
-        array: only the rows of the first axis that the block needs come off disk (a plain read,
-        not a memory map, so that pages of tensors already converted do not stay resident)."""
+        array. Only the block's bytes come off disk: a run of whole rows in one read, a column
+        range one row at a time (plain reads, not a memory map, so pages of tensors already
+        converted do not stay resident)."""
         if name not in self._entries:
             raise UserError(f"{self.dir}: tensor {name} is missing")
         path, info, base = self._entries[name]
         shape, dtype = tuple(info["shape"]), DTYPES[info["dtype"]]
-        start = info["data_offsets"][0]
-        rows = index[0].indices(shape[0])[:2] if index and shape else (0, shape[0] if shape else 1)
-        row_bytes = math.prod(shape[1:]) * dtype.itemsize
-        out = np.empty((rows[1] - rows[0],) + shape[1:] if shape else (), dtype)
+        bounds = [s.indices(n)[:2] for s, n in zip(index, shape)] + [(0, n) for n in shape[len(index):]]
+        offset = base + info["data_offsets"][0]
         with open(path, "rb") as f:
-            f.seek(base + start + rows[0] * row_bytes)
-            if f.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
-                raise UserError(f"{path}: truncated safetensors file while reading {name}")
-        return out[(slice(None),) + tuple(index[1:])] if len(index) > 1 else out
+            if len(shape) == 2 and bounds[1] != (0, shape[1]):
+                out = self._read_columns(f, offset, shape, dtype, bounds)
+            else:
+                (r0, r1) = bounds[0] if shape else (0, 1)
+                row_bytes = math.prod(shape[1:]) * dtype.itemsize
+                out = np.empty((r1 - r0,) + shape[1:] if shape else (), dtype)
+                f.seek(offset + r0 * row_bytes)
+                if f.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
+                    raise UserError(f"{path}: truncated safetensors file while reading {name}")
+                out = out[(slice(None),) + tuple(slice(a, b) for a, b in bounds[1:])] if len(shape) > 1 else out
+        return out
+
+    @staticmethod
+    def _read_columns(f, offset: int, shape: tuple[int, ...], dtype: np.dtype, bounds) -> np.ndarray:
+        (r0, r1), (c0, c1) = bounds
+        out = np.empty((r1 - r0, c1 - c0), dtype)
+        raw = out.view(np.uint8)
+        row_bytes, fd = shape[1] * dtype.itemsize, f.fileno()
+        for i in range(r1 - r0):
+            if os.preadv(fd, [raw[i]], offset + (r0 + i) * row_bytes + c0 * dtype.itemsize) != raw.shape[1]:
+                raise UserError(f"{f.name}: truncated safetensors file")
+        return out
 
     def close(self) -> None:
         """Nothing stays open between reads; kept so callers can use try/finally uniformly."""

@@ -11,6 +11,7 @@ Adapter weights are `LoRAParam` variables, not `nnx.Param`: the base parameter t
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterator, Optional
 
 import jax
@@ -110,9 +111,15 @@ def set_dropout_keys(model: Decoder, key: Optional[jax.Array]) -> None:
             lora.dropout_key = LoRADropoutKey(jax.random.key_data(keys))
 
 
+@functools.partial(jax.jit, static_argnums=3)
 def _merged(kernel: jax.Array, a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
-    """W + scale * A B, per layer, in the kernel's dtype (computed in fp32)."""
-    delta = jnp.einsum("lir,lro->lio", a.astype(jnp.float32), b.astype(jnp.float32))
+    """W + scale * A B, per layer, in the kernel's dtype (computed in fp32). The sum over the
+    rank is a running sum of outer products rather than a dot: XLA picks dot kernels by shard
+    shape, and this way every sharding of the kernel gives the same bits."""
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    delta = a[..., 0:1] * b[:, None, 0, :]
+    for j in range(1, a.shape[-1]):
+        delta = delta + a[..., j:j + 1] * b[:, None, j, :]
     return (kernel.astype(jnp.float32) + scale * delta).astype(kernel.dtype)
 
 
