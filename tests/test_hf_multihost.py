@@ -48,7 +48,9 @@ def runs(tmp_path_factory, jax_cache_dir):
     root = tmp_path_factory.mktemp("hf-multihost")
     make_hf_model("llama", root / "hf", tie=False)
     save_lora_checkpoint(root / "lora", adapted_model(load_config(ModelConfig, "configs/models/tiny-qwen3.yaml")))
-    common = dict(hf_dir=str(root / "hf"), lora_ckpt=str(root / "lora"))
+    (root / "foreign").mkdir()
+    (root / "foreign" / "notes.txt").write_text("not msm's")
+    common = dict(hf_dir=str(root / "hf"), lora_ckpt=str(root / "lora"), foreign=str(root / "foreign"))
     started = [start_workers(jax_cache_dir, processes, devices, out=str(root / name), **common)
                for name, processes, devices in (("one-device", 1, 1), ("1x8", 1, 8), ("2x4", 2, 4))]
     _, eight, pod = (results(procs) for procs in started)  # one device: same XLA flags as the others
@@ -90,3 +92,10 @@ def test_exports_from_a_mesh_write_the_single_device_files_once(runs, layout, ex
     root = runs[0]
     assert files(root / layout / export) == files(root / "one-device" / export)
     assert not list(root.glob(f"{layout}/*.merged-ckpt"))  # the temporary merge is gone
+
+
+def test_a_refusal_on_process_0_fails_every_process_with_its_message(runs):
+    root, _, pod = runs
+    assert "not empty and was not written by msm" in pod[0]["error"]
+    assert pod[1]["error"] == f"export failed on process 0: {pod[0]['error']}"
+    assert sorted(p.name for p in (root / "foreign").iterdir()) == ["notes.txt"]

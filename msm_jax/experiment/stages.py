@@ -164,8 +164,7 @@ def _arm_stages(cfg: ExperimentConfig, arm_name: str, arm: ArmConfig) -> list[St
     final = final_train_stage(cfg, arm_name, arm)
     imported_as_is = arm.midtrain is None and arm.sft is None and cfg.base_model is not None
     if cfg.export and not imported_as_is:  # a baseline on an imported model is its HF dir already
-        # --overwrite: the stage folder also holds the runner's stage.json and log, which the export keeps
-        argv = ["convert", "orbax-to-hf", f"@{final}@/{CHECKPOINT_SUBDIR}", "@out@", "--overwrite"]
+        argv = ["convert", "orbax-to-hf", f"@{final}@/{CHECKPOINT_SUBDIR}", "@out@"]
         if cfg.tokenizer is not None:
             tok = tokenizer_path(cfg)
             argv += ["--tokenizer", tok.rsplit("/", 1)[0] if tok.endswith(".model") else tok]

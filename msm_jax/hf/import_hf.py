@@ -99,7 +99,7 @@ def load_hf_params(hf_dir: str | Path, cfg: ModelConfig, mesh: Optional[jax.shar
         shape, dtype = node.shape, np.dtype(node.dtype)
         placed = jax.make_array_from_callback(
             shape, node.sharding, lambda idx, tm=tm, shape=shape, dtype=dtype: read_block(tm, reader, cfg, shape,
-                                                                                        dtype, idx))
+                                                                                        dtype, idx), dtype=dtype)
         dst = params
         for part in tm.path[:-1]:
             dst = dst.setdefault(part, {})
