@@ -67,11 +67,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     peft.set_defaults(func=_lora_to_peft)
 
 
-def _start_distributed() -> None:
+def _join_hosts() -> None:
+    """A stage started on every host joins one jax.distributed job (no-op in one process)."""
     from msm_jax.distributed import initialize
-    from msm_jax.train.config import DistributedConfig
 
-    initialize(DistributedConfig())
+    initialize()
 
 
 def _options(pairs: list[str]) -> dict:
@@ -80,14 +80,14 @@ def _options(pairs: list[str]) -> dict:
 
 def _say(message: str) -> None:
     """Print once per job (from process 0 of a multi-host one)."""
-    from msm_jax.hf.hosts import is_leader
+    from msm_jax.distributed import is_leader
 
     if is_leader():
         print(message)
 
 
 def _verify(ckpt_dir: str, hf_dir: str) -> None:
-    from msm_jax.hf.hosts import is_leader
+    from msm_jax.distributed import is_leader
     from msm_jax.hf.verify import transformers_available, verify_parity
 
     if not is_leader():  # a one-device check: process 0 runs it
@@ -103,7 +103,7 @@ def _hf_to_orbax(args: argparse.Namespace) -> int:
     from msm_jax.hf.import_hf import hf_to_orbax
 
     options = _options(args.set)
-    _start_distributed()
+    _join_hosts()
     cfg = hf_to_orbax(args.hf_dir, args.ckpt_dir, overwrite=args.overwrite, **options)
     _say(f"imported {cfg.family} model ({cfg.num_params() / 1e6:.2f}M params, {cfg.param_dtype}) "
           f"-> {args.ckpt_dir}")
@@ -115,7 +115,7 @@ def _hf_to_orbax(args: argparse.Namespace) -> int:
 def _orbax_to_hf(args: argparse.Namespace) -> int:
     from msm_jax.hf.export_hf import orbax_to_hf
 
-    _start_distributed()
+    _join_hosts()
     out = orbax_to_hf(args.ckpt_dir, args.hf_dir, step=args.step, dtype=args.dtype, tokenizer_dir=args.tokenizer,
                       max_shard_bytes=int(args.max_shard_size * 2**30), merge_lora=not args.lora_base_only,
                       overwrite=args.overwrite)
@@ -129,12 +129,12 @@ def _orbax_to_hf(args: argparse.Namespace) -> int:
 
 def _lora_to_peft(args: argparse.Namespace) -> int:
     from msm_jax.errors import UserError
-    from msm_jax.hf.hosts import is_leader
+    from msm_jax.distributed import is_leader
     from msm_jax.hf.peft import export_peft_adapter
 
     if args.verify and not args.base_model:
         raise UserError("--verify needs --base-model (the HF directory the adapter applies to)")
-    _start_distributed()
+    _join_hosts()
     out = export_peft_adapter(args.ckpt_dir, args.out_dir, step=args.step, base_model=args.base_model,
                               dtype=args.dtype, overwrite=args.overwrite)
     _say(f"exported the LoRA adapter of {args.ckpt_dir} -> {out}")
