@@ -26,6 +26,7 @@ import yaml
 from eval.backends import Backend, BackendConfig, Chat
 from eval.records import append_jsonl, write_json
 from eval.stats import bootstrap_interval
+from msm_jax import distributed
 from msm_jax.errors import UserError
 from msm_jax.sampling import SamplingParams
 
@@ -292,11 +293,12 @@ def evaluate(backend: Backend, cfg: ValueGenConfig) -> dict:
     """Run and save every answer (responses.jsonl) and the summary (summary.json) in
     `out_dir`. A rerun starts over: the eval is cheap."""
     pairs = load_pairs(cfg.pairs, cfg.value)
-    records = run(backend, pairs, cfg)
-    out = Path(cfg.out_dir)
-    (out / "responses.jsonl").unlink(missing_ok=True)
-    append_jsonl(out / "responses.jsonl", records)
+    records = run(backend, pairs, cfg)  # on several hosts: every process scores its rows, all get every result
     summary = {"eval": "value_generalization", "backend": backend.name, "method": cfg.method,
                "pairs": str(cfg.pairs), **summarize(records, cfg.value)}
-    write_json(out / "summary.json", summary)
+    if distributed.is_leader():
+        out = Path(cfg.out_dir)
+        (out / "responses.jsonl").unlink(missing_ok=True)
+        append_jsonl(out / "responses.jsonl", records)
+        write_json(out / "summary.json", summary)
     return summary

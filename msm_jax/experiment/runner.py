@@ -5,47 +5,18 @@ on `--dry-run`."""
 from __future__ import annotations
 
 import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from msm_jax.errors import UserError
 from msm_jax.experiment import manifest, paths
+from msm_jax.experiment.launchers import Launcher, LocalPodLauncher, TpuLauncher
 from msm_jax.experiment.stages import Stage
 
 LOG_FILE = "stage.log"
 LOG_MIRROR = Path(".msm_logs")  # logs of stages whose folder is gs://
 BUCKET_MOUNT = "/gcs/"  # where tools/tpu/install.sh --bucket mounts Cloud Storage on every worker
-ALL_WORKER_KINDS = ("pretrain", "midtrain", "sft", "eval")  # JAX programs that span every host of a slice
-
-
-class Launcher:
-    """Turns a stage's `msm` arguments into the process to start."""
-
-    def __init__(self, msm_prefix: Optional[Sequence[str]] = None):
-        self.msm_prefix = list(msm_prefix or [sys.executable, "-m", "msm_jax.cli"])
-
-    def command(self, stage: Stage) -> list[str]:
-        return self.msm_prefix + stage.argv
-
-
-class TpuLauncher(Launcher):
-    """Runs each stage on a TPU VM through tools/tpu/run_stage.sh: JAX stages on every worker
-    at once, CPU stages (generate, shards, export) on worker 0."""
-
-    def __init__(self, name: str, zone: str, project: Optional[str] = None,
-                 script: str = "tools/tpu/run_stage.sh"):
-        super().__init__(["msm"])
-        self.name, self.zone, self.project, self.script = name, zone, project, script
-
-    def command(self, stage: Stage) -> list[str]:
-        workers = "all" if stage.kind in ALL_WORKER_KINDS else "0"
-        cmd = ["bash", self.script, "--name", self.name, "--zone", self.zone, "--workers", workers]
-        if self.project:
-            cmd += ["--project", self.project]
-        return cmd + ["--", *super().command(stage)]
 
 
 def log_path(stage: Stage) -> Path:
@@ -130,16 +101,13 @@ def run_stage(stage: Stage, launcher: Launcher, context: dict) -> None:
         return
     log = log_path(stage)
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = launcher.command(stage)
-    with open(log, "a") as f:
-        f.write(f"$ {shlex.join(cmd)}\n")
-        f.flush()
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
-    manifest.mark_finished(stage, rc == 0, time.time() - start, {"returncode": rc})
-    if rc != 0:
-        raise UserError(f"stage {stage.id} failed (exit {rc}); its log is {log}. Fix the cause and run the "
-                        f"same command again: finished stages are skipped and this one resumes.\n"
-                        f"--- last lines of {log} ---\n{_tail(log)}")
+    outcome = launcher.run(stage, log)
+    manifest.mark_finished(stage, outcome.returncode == 0, time.time() - start, {"returncode": outcome.returncode})
+    if outcome.returncode != 0:
+        shown = outcome.log or log
+        raise UserError(f"stage {stage.id} failed ({outcome.failure}); its log is {shown}. Fix the cause and "
+                        f"run the same command again: finished stages are skipped and this one resumes.\n"
+                        f"--- last lines of {shown} ---\n{_tail(shown)}")
 
 
 def run_stages(stages: list[Stage], launcher: Launcher, *, dry_run: bool = False, out: Callable = print,
@@ -249,10 +217,16 @@ def run_experiment(cfg, *, dry_run: bool = False, only: Sequence[str] = (), laun
     return context
 
 
-def make_launcher(kind: str, tpu, out_root: str) -> Launcher:
-    """The local launcher, or the TPU one for a TpuLauncherConfig (whose stages must live on gs://)."""
+def make_launcher(kind: str, tpu, out_root: str, processes: int = 2, devices: int = 4) -> Launcher:
+    """The local launcher, a local pod of `processes` x `devices` fake CPU devices, or the TPU
+    one for a TpuLauncherConfig (whose stages must live on gs:// or the bucket mount)."""
     if kind == "local":
         return Launcher()
+    if kind == "local-pod":
+        if processes < 1 or devices < 1:
+            raise UserError(f"--launcher local-pod: --processes ({processes}) and --devices-per-process "
+                            f"({devices}) must be at least 1")
+        return LocalPodLauncher(processes, devices)
     if tpu is None:
         raise UserError("--launcher tpu needs the TPU VM: --tpu-name NAME --tpu-zone ZONE (or a `tpu:` section)")
     if not (paths.is_remote(out_root) or str(out_root).startswith(BUCKET_MOUNT)):
@@ -273,7 +247,8 @@ def route_bucket_mount(out_root: str) -> None:
 
 
 def run_experiment_file(path, overrides: Sequence[str] = (), *, dry_run: bool = False, only: Sequence[str] = (),
-                        launcher: str = "local", tpu_overrides: Sequence[str] = ()) -> int:
+                        launcher: str = "local", tpu_overrides: Sequence[str] = (), processes: int = 2,
+                        devices: int = 4) -> int:
     from msm_jax.config import from_dict, load_config, parse_override
     from msm_jax.experiment.config import ExperimentConfig, TpuLauncherConfig
 
@@ -284,5 +259,5 @@ def run_experiment_file(path, overrides: Sequence[str] = (), *, dry_run: bool = 
     if tpu_overrides:
         fields = {k.split(".", 1)[1]: v for k, v in map(parse_override, tpu_overrides)}
         tpu = from_dict(TpuLauncherConfig, fields, {"": "command line"}, "tpu")
-    run_experiment(cfg, dry_run=dry_run, only=only, launcher=make_launcher(launcher, tpu, cfg.out))
+    run_experiment(cfg, dry_run=dry_run, only=only, launcher=make_launcher(launcher, tpu, cfg.out, processes, devices))
     return 0
