@@ -282,12 +282,14 @@ class Trainer:
                     done = step + 1
                     if not metrics.pop("finite"):
                         what = f"loss={metrics['loss']}, grad_norm={metrics['grad_norm']}"
+                        # Steps are numbered as metrics.jsonl numbers them: step `done` trains on
+                        # loader batch `step` (0-based).
                         if cfg.train.on_nonfinite == "stop":
                             raise NonFiniteLoss(
-                                f"step {step}: non-finite {what}; the update was not applied and no checkpoint "
+                                f"step {done}: non-finite {what}; the update was not applied and no checkpoint "
                                 f"was written after step {last_saved}. Lower optimizer.lr, check the data of "
-                                f"step {step}, or set train.on_nonfinite=skip")
-                        log.warning("step %d: non-finite %s; update skipped", step, what)
+                                f"step {done} (loader batch {step}), or set train.on_nonfinite=skip")
+                        log.warning("step %d: non-finite %s; update skipped", done, what)
                     self.loss_tokens_seen += metrics["loss_tokens"]
                     tokens_per_s = tokens_per_step / elapsed
                     metrics.update(tokens_per_s=tokens_per_s, step_time_s=elapsed,
