@@ -121,6 +121,7 @@ def orbax_to_hf(ckpt_dir: str | Path, hf_dir: str | Path, *, step: Optional[int]
     meta = checkpoint.read_meta(ckpt_dir, step)
     if meta.get("lora") and merge_lora:
         return _export_merged_lora(ckpt_dir, hf_dir, step, dtype, tokenizer_dir, max_shard_bytes, overwrite)
+    ckpt_dir, step = checkpoint.lora_base(ckpt_dir, step, meta)  # a LoRA run's frozen base lives there
     cfg = checkpoint.model_config_from_meta(meta, f"{ckpt_dir}/{step}/meta")
     dtype = dtype or cfg.param_dtype
     if tokenizer_dir is not None:
