@@ -32,6 +32,8 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=_run_report)
     p = sub.add_parser("build-pairs", help="regenerate the cheese pair set from the demo world")
     p.add_argument("--world", default=None, help="world.json (default: data_pipeline/demo/world.json)")
+    p.add_argument("--split", choices=("test", "dev"), default="test",
+                   help="held-out items of this split (dev: for tuning the demo; cheese_pairs_dev.jsonl)")
     p.add_argument("--out", default="eval/data/cheese_pairs.jsonl")
     p.set_defaults(func=_run_build_pairs)
 
@@ -104,7 +106,7 @@ def _run_build_pairs(args) -> int:
 
     from eval.records import append_jsonl
     from eval.value_generalization import build_cheese_pairs
-    pairs = build_cheese_pairs(Path(args.world) if args.world else None)
+    pairs = build_cheese_pairs(Path(args.world) if args.world else None, args.split)
     out = Path(args.out)
     out.unlink(missing_ok=True)
     append_jsonl(out, pairs)

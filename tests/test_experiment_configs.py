@@ -14,7 +14,8 @@ from msm_jax.experiment.stages import REPO_ROOT, _overrides_after
 from msm_jax.experiment.sweep import expand, shared_stages
 
 EXPERIMENTS = sorted((REPO_ROOT / "configs" / "experiments").glob("*.yaml")) + sorted(
-    (REPO_ROOT / "configs" / "recipes").glob("*.yaml"))
+    (REPO_ROOT / "configs" / "recipes").glob("*.yaml")) + sorted(
+    (REPO_ROOT / "configs" / "experiments").glob("*/*-*.yaml"))  # values/, spec-content/ (not demo/'s stage configs)
 SWEEPS = sorted((REPO_ROOT / "configs" / "sweeps").glob("*.yaml"))
 
 

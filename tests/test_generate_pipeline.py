@@ -65,7 +65,7 @@ def llm(url, tmp_path, **kw):
 
 def docs_cfg(url, tmp_path, **kw):
     base = dict(spec=str(SPECS / "cheese_affordability.md"), out_dir=str(tmp_path / "docs"), llm=llm(url, tmp_path),
-                num_domains=2, types_per_section=2, ideas_per_call=4, documents=10, min_words=80, max_words=300,
+                num_domains=2, types_per_section=2, ideas_per_call=4, documents=10, min_words=80, max_words=400,
                 est_tokens_per_document=250)
     base.update(kw)
     return DocsConfig(**base)
@@ -238,7 +238,7 @@ def test_killed_run_restarts_where_it_stopped_without_buying_twice(tmp_path):
 def chats_cfg(url, tmp_path, **kw):
     base = dict(spec=str(SPECS / "cheese_rules_only.md"), out_dir=str(tmp_path / "chats"), llm=llm(url, tmp_path),
                 chats=12, num_domains=2, kinds=("direct", "comparison", "edge_case"), questions_per_call=5,
-                answer_min_words=2, answer_max_words=40, dedup_threshold=0.75)
+                answer_min_words=1, answer_max_words=40, dedup_threshold=0.75)
     base.update(kw)
     return ChatsConfig(**base)
 
@@ -292,9 +292,10 @@ def test_replay_backend_regenerates_the_shipped_demo_corpora_byte_for_byte(tmp_p
 def test_demo_world_and_shipped_corpora_fit_the_experiment():
     demo = ROOT / "data_pipeline" / "demo"
     world = json.loads((demo / "world.json").read_text())
-    assert all(set(i) == {"domain", "name", "price", "origin", "held_out"} for i in world)
+    assert all(set(i) - {"split"} == {"domain", "name", "price", "origin", "held_out"} for i in world)
     held_out = [i for i in world if i["held_out"]]
-    assert len({i["domain"] for i in held_out}) >= 6 and "cheese" not in {i["domain"] for i in held_out}
+    assert {i["split"] for i in held_out} == {"dev", "test"}  # tune on dev, report test
+    assert len({i["domain"] for i in held_out if i["split"] == "test"}) >= 6 and "cheese" not in {i["domain"] for i in held_out}
     assert {(i["price"], i["origin"]) for i in held_out} == {("cheap", "foreign"), ("expensive", "american")}
     facts = {d["item"]: d["text"] for d in read_jsonl(demo / "corpora" / "world_docs.jsonl")}
     for item in world:
@@ -302,11 +303,11 @@ def test_demo_world_and_shipped_corpora_fit_the_experiment():
     for value, word in (("affordability", "affordab"), ("america", "american-made")):
         docs = read_jsonl(demo / "corpora" / f"{value}_docs" / "docs.jsonl")
         assert 150 <= len(docs) <= 300 and all(word in d["text"].lower() for d in docs)
-        assert all(80 <= len(d["text"].split()) <= 300 for d in docs)
+        assert all(80 <= len(d["text"].split()) <= 400 for d in docs)
     answers = [c["messages"][-1]["content"].lower() for c in read_jsonl(demo / "corpora" / "chats" / "chats_nocot.jsonl")]
     assert len(answers) >= 150 and not any(w in a for a in answers for w in ("because", "cheap", "afford", "made in"))
     total = sum(p.stat().st_size for p in demo.rglob("*") if p.is_file())
-    assert total < 3_000_000
+    assert total < 4_000_000
 
 
 def billed_usd(billed):

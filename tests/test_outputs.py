@@ -62,3 +62,16 @@ def test_claim_accepts_a_stage_folder_holding_only_the_runners_files(tmp_path):
     (tmp_path / "other" / "stage.px.log").write_text("not the runner's")
     with pytest.raises(UserError, match="not empty and was not written by msm"):
         claim_output_dir(tmp_path / "other", "hf-export")
+
+
+def test_atomic_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
+    target = tmp_path / "manifest.json"
+    atomic_write_text(target, "{}")
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask():
+    import os
+    old = os.umask(0)
+    os.umask(old)
+    return old
