@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ os.umask(_UMASK)  # read once: mkstemp creates 0600 files, renamed files get the
 # Files the experiment runner keeps in each stage folder it hands to a command as its output:
 # msm's own bookkeeping, so they do not make that folder someone else's.
 RUNNER_FILES = (MARKER, "stage.json", "stage.log")
+RUNNER_PROCESS_LOG = re.compile(r"stage\.p\d+\.log")  # one per process of a multi-host stage
 PathLike = Union[str, os.PathLike]
 
 
@@ -110,7 +112,9 @@ def claim_output_dir(path: PathLike, kind: str, *, overwrite: bool = False,
     if marker is not None and marker.get("kind") != kind:
         raise UserError(f"{path}: holds the output of `{marker.get('kind')}`, not `{kind}`; "
                         f"choose another {option}")
-    if marker is None and path.exists() and any(p.name not in RUNNER_FILES for p in path.iterdir()) and not overwrite:
+    foreign = [p for p in path.iterdir() if p.name not in RUNNER_FILES and not RUNNER_PROCESS_LOG.fullmatch(p.name)] \
+        if path.exists() else []
+    if marker is None and foreign and not overwrite:
         raise UserError(f"{path}: folder is not empty and was not written by msm ({kind}); choose an empty "
                         f"or new {option}, or pass --overwrite to write beside its files")
     path.mkdir(parents=True, exist_ok=True)

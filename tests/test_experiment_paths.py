@@ -1,7 +1,5 @@
 """Local-or-gs:// path helpers of the experiment runner."""
 
-import sys
-
 import pytest
 
 from msm_jax.experiment import paths
@@ -29,7 +27,12 @@ def test_write_text_is_atomic_and_creates_parents(tmp_path):
 
 
 def test_gs_path_without_a_storage_backend_says_what_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "gcsfs", None)  # as on a machine without it
+    from etils import epath
+
+    def no_backend(path):  # what etils raises on a machine without gcsfs
+        raise ImportError("No module named 'gcsfs'")
+
+    monkeypatch.setattr(epath, "Path", no_backend)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
     with pytest.raises(paths.RemoteUnavailable, match="pip install gcsfs"):
         paths.exists("gs://some-bucket/runs/stage.json")

@@ -53,6 +53,17 @@ def test_rerun_removes_only_its_own_stale_files(tmp_path):
     assert json.loads((tmp_path / MARKER).read_text())["kind"] == "hf-export"
 
 
+def test_claim_accepts_a_stage_folder_holding_only_the_runners_files(tmp_path):
+    for name in ("stage.json", "stage.log", "stage.p0.log", "stage.p1.log"):
+        (tmp_path / "stage" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "stage" / name).write_text("runner")
+    claim_output_dir(tmp_path / "stage", "hf-export").finish()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "stage.px.log").write_text("not the runner's")
+    with pytest.raises(UserError, match="not empty and was not written by msm"):
+        claim_output_dir(tmp_path / "other", "hf-export")
+
+
 def test_atomic_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
     target = tmp_path / "manifest.json"
     atomic_write_text(target, "{}")

@@ -290,6 +290,8 @@ def cloud_storage(tmp_path, monkeypatch):
             time.sleep(0.05)
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
         monkeypatch.setenv("NO_GCE_CHECK", "true")
+        from google.auth.compute_engine import _metadata
+        monkeypatch.setattr(_metadata, "_NO_GCE_CHECK", True)  # read at import: no metadata-server probes
         monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # its gRPC probe cannot reach an emulator
         gcsfs.GCSFileSystem.clear_instance_cache()
         fs = gcsfs.GCSFileSystem(token="anon")

@@ -20,11 +20,13 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, jax_cache_dir, ref
 
 def test_nonfinite_loss_stops_with_a_message_naming_the_step(tmp_path, jax_cache_dir):
     run_dir = tmp_path / "run"
-    # lr=1e30 turns the weights huge after step 0; the loss of step 1 overflows.
+    # lr=1e30 turns the weights huge after step 1; the loss of step 2 overflows.
     _, err = run_worker(jax_cache_dir, expect_rc=1, run_dir=str(run_dir),
                         overrides=REFERENCE_OVERRIDES + ["optimizer.lr=1e30", "schedule.warmup_steps=0",
                                                          "checkpoint.every_steps=1"])
-    assert "NonFiniteLoss: step 1: non-finite loss=" in err
+    assert list(losses(run_dir)) == [1]  # metrics.jsonl numbers steps from 1 ...
+    assert "NonFiniteLoss: step 2: non-finite loss=" in err  # ... and the stop names the next one
+    assert "no checkpoint was written after step 1" in err
     assert checkpoint.candidate_steps(run_dir) == [1]  # nothing written after the bad step
 
 

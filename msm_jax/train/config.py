@@ -90,8 +90,9 @@ class InitConfig:
     from_hf: Optional[str] = None  # a Hugging Face model directory
     from_checkpoint: Optional[str] = None  # another stage's run (or checkpoint) directory
     checkpoint_step: Optional[int] = None  # default: its latest step
-    # A LoRA adapter in `from_checkpoint`: keep training it ("continue", needs the same
-    # LoRA config) or fold it into the base weights first ("merge").
+    # A LoRA adapter in `from_checkpoint`: keep training it on the same frozen base
+    # ("continue", as the paper's AFT continued the MSM adapter; rank, alpha and targets must
+    # match) or fold it into the base weights and train a fresh adapter ("merge").
     adapter: Literal["continue", "merge"] = "continue"
 
     def validate(self) -> None:

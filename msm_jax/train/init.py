@@ -1,5 +1,6 @@
 """Where a stage's weights come from: random init, a Hugging Face directory, or another
-stage's checkpoint (its full weights, or its LoRA adapter continued or merged)."""
+stage's checkpoint (its full weights, or its LoRA adapter continued or merged), and, for a
+LoRA run, which checkpoint already holds its frozen base (so the run need not save one)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from msm_jax.errors import UserError
 from msm_jax.models.config import ModelConfig
 from msm_jax.train.config import RunConfig
 
-# ModelConfig fields that say how to run the model, not what it is.
-EXECUTION_FIELDS = ("param_dtype", "compute_dtype", "scan_layers", "remat_policy", "attention_impl")
+from msm_jax.checkpoint import EXECUTION_FIELDS, LORA_IDENTITY
 # Fields that decide the weights' shapes: a configured model must agree with the source on these.
 SHAPE_FIELDS = ("family", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                 "num_kv_heads", "resolved_head_dim", "tie_embeddings", "qkv_bias", "qk_norm")
@@ -51,34 +51,40 @@ def resolve_model_config(cfg: RunConfig) -> ModelConfig:
     return cfg.model
 
 
-def initial_weights(cfg: RunConfig, spec) -> tuple[dict, dict]:
-    """(trainable, frozen) pure trees on their shards, per `cfg.init`."""
+Base = Optional[tuple[str, int]]  # (checkpoint directory, step) whose `params` item is the frozen base
+
+
+def initial_weights(cfg: RunConfig, spec) -> tuple[dict, dict, Base]:
+    """(trainable, frozen) pure trees on their shards, per `cfg.init`, and for a LoRA run the
+    checkpoint that holds `frozen` when there is one (None: the run must save its base)."""
     import jax
 
-    trainable, frozen = _initial_weights(cfg, spec)
+    trainable, frozen, base = _initial_weights(cfg, spec)
     return (jax.device_put(trainable, spec.trainable_shardings()),
-            jax.device_put(frozen, spec.frozen_shardings()))
+            jax.device_put(frozen, spec.frozen_shardings()), base)
 
 
-def _initial_weights(cfg: RunConfig, spec) -> tuple[dict, dict]:
+def _initial_weights(cfg: RunConfig, spec) -> tuple[dict, dict, Base]:
     from msm_jax.train.state import fresh_adapters, random_params
 
+    base = None
     if cfg.init.from_hf:
         from msm_jax.hf.import_hf import load_hf_params
-        base = load_hf_params(cfg.init.from_hf, spec.model_cfg, spec.mesh)
+        weights = load_hf_params(cfg.init.from_hf, spec.model_cfg, spec.mesh)
     elif cfg.init.from_checkpoint:
-        base, adapters = _checkpoint_weights(cfg, spec)
+        weights, adapters, base = _checkpoint_weights(cfg, spec)
         if adapters is not None:
-            return adapters, base
+            return adapters, weights, base
     else:
-        return random_params(spec, cfg.train.seed)
+        return (*random_params(spec, cfg.train.seed), None)
     if spec.lora_cfg is None:
-        return base, {}
-    return fresh_adapters(spec, cfg.train.seed), base
+        return weights, {}, None
+    return fresh_adapters(spec, cfg.train.seed), weights, base
 
 
-def _checkpoint_weights(cfg: RunConfig, spec) -> tuple[dict, Optional[dict]]:
-    """(base params, adapters to continue or None) from another stage's checkpoint."""
+def _checkpoint_weights(cfg: RunConfig, spec) -> tuple[dict, Optional[dict], Base]:
+    """(base params, adapters to continue or None, where the base params are saved or None)
+    from another stage's checkpoint."""
     from flax import nnx
 
     directory = cfg.init.from_checkpoint
@@ -86,18 +92,25 @@ def _checkpoint_weights(cfg: RunConfig, spec) -> tuple[dict, Optional[dict]]:
     meta = checkpoint.read_meta(directory, step)
     if not meta.get("lora"):
         target = nnx.to_pure_dict(spec.abstract_trainable if spec.lora_cfg is None else spec.abstract_frozen)
-        return checkpoint.restore_params(directory, target, step), None
+        return checkpoint.restore_params(directory, target, step), None, _saved_base(directory, step, meta)
     source_lora = checkpoint.lora_config_from_meta(meta, f"{directory}/{step}/meta")
     if spec.lora_cfg is not None and cfg.init.adapter == "continue":
-        if to_dict(source_lora) != to_dict(spec.lora_cfg):
-            raise UserError(f"init.adapter=continue: the LoRA config of {directory} ({to_dict(source_lora)}) "
-                            f"differs from this run's lora section ({to_dict(spec.lora_cfg)}); "
-                            "make them agree or set init.adapter=merge")
-        base = checkpoint.restore_params(directory, nnx.to_pure_dict(spec.abstract_frozen), step)
+        source, wanted = to_dict(source_lora), to_dict(spec.lora_cfg)
+        if any(source[k] != wanted[k] for k in LORA_IDENTITY):
+            shown = lambda d: {k: d[k] for k in LORA_IDENTITY}  # noqa: E731
+            raise UserError(f"init.adapter=continue: the LoRA adapter of {directory} ({shown(source)}) differs from "
+                            f"this run's lora section ({shown(wanted)}); make them agree or set init.adapter=merge")
+        base_dir, base_step = checkpoint.lora_base(directory, step, meta)  # the same frozen base, checked
+        base = checkpoint.restore_params(base_dir, nnx.to_pure_dict(spec.abstract_frozen), base_step)
         adapters = checkpoint.restore_lora(directory, nnx.to_pure_dict(spec.abstract_trainable), step)
-        return base, adapters
+        return base, adapters, _saved_base(base_dir, base_step, checkpoint.read_meta(base_dir, base_step))
     model, _ = checkpoint.load_model(directory, spec.mesh, step, model_overrides=_model_dict(spec.model_cfg))
-    return checkpoint.params_of(model), None
+    return checkpoint.params_of(model), None, None
+
+
+def _saved_base(directory: str, step: int, meta: dict) -> Base:
+    """A checkpoint a LoRA run may reference as its base: one with array checksums."""
+    return (str(directory), step) if meta.get("arrays", {}).get("params") else None
 
 
 def _model_dict(model_cfg: ModelConfig) -> dict:

@@ -151,29 +151,57 @@ class Trainer:
     # -- state --------------------------------------------------------------------------
 
     def _restore_or_init(self) -> tuple[dict, int]:
+        """Resume from the newest intact checkpoint of this run, or initialise. Checkpoints of
+        another config stop the run before anything is touched; only steps that cannot be
+        read back as written are set aside."""
         import jax
 
         from msm_jax import checkpoint
         from msm_jax.train.init import initial_weights
         from msm_jax.train.state import init_state
 
+        directory = checkpoint_dir(self.cfg)
         abstract = self.spec.abstract_state(self.tx)
         lora = self.cfg.lora is not None
-        items, broken = checkpoint.restore_latest_train_step(
-            checkpoint_dir(self.cfg), params_target=abstract["frozen"] if lora else abstract["trainable"],
-            lora_target=abstract["trainable"] if lora else None, opt_target=abstract["opt_state"])
-        self._set_aside(broken)
+        targets = {"lora" if lora else "params": abstract["trainable"], "opt_state": abstract["opt_state"]}
+        steps = checkpoint.candidate_steps(directory)
+        checkpoint.check_resumable(directory, steps, self.model_cfg, self.cfg.lora, targets)
+        items, broken = checkpoint.restore_latest_train_step(directory, steps, targets)
         if items is None:
-            trainable, frozen = initial_weights(self.cfg, self.spec)
+            trainable, frozen, base = initial_weights(self.cfg, self.spec)
+        else:
+            trainable = items["lora" if lora else "params"]
+            frozen, base = self._restore_base(items["meta"], abstract["frozen"]) if lora else ({}, None)
+        self._set_aside(broken)
+        if lora:
+            self._reference_base(frozen, base)
+        if items is None:
             return init_state(self.spec, self.tx, trainable, frozen), 0
         info = items["train"]
         self._check_same_data_order(info)
         step = int(info["step"])
         self.loss_tokens_seen = float(info.get("loss_tokens_seen", 0.0))
         state = {"step": jax.device_put(jax.numpy.asarray(step, jax.numpy.int32), self.spec.replicated),
-                 "trainable": items["lora"] if lora else items["params"],
-                 "frozen": items["params"] if lora else {}, "opt_state": items["opt_state"]}
+                 "trainable": trainable, "frozen": frozen, "opt_state": items["opt_state"]}
         return state, step
+
+    def _restore_base(self, meta: dict, target: dict) -> tuple[dict, tuple[str, int]]:
+        """The frozen base of a resumed LoRA run, from the checkpoint its meta references."""
+        from msm_jax import checkpoint
+
+        directory, step = checkpoint.lora_base(checkpoint_dir(self.cfg), meta["step"], meta)
+        return checkpoint.restore_params(directory, target, step), (directory, step)
+
+    def _reference_base(self, frozen: dict, base) -> None:
+        """LoRA checkpoints hold the adapter and reference the frozen base: the init source's
+        checkpoint when it has one, else one copy saved now beside the steps."""
+        from msm_jax import checkpoint
+
+        directory = checkpoint_dir(self.cfg)
+        if base is None:
+            base = checkpoint.save_base_copy(directory, frozen, checkpoint.make_meta(
+                self.model_cfg, source=f"frozen base of the LoRA run {self.cfg.run_dir}"))
+        self.meta["base"] = checkpoint.base_reference(*base, holder=directory)
 
     def _set_aside(self, broken: list[int]) -> None:
         """Broken newer steps would block saving those step numbers again: move them aside."""
@@ -216,7 +244,7 @@ class Trainer:
         from msm_jax import checkpoint
 
         lora = self.cfg.lora is not None
-        checkpoint.save_train_step(mngr, step, params=state["frozen"] if lora else state["trainable"],
+        checkpoint.save_train_step(mngr, step, params=None if lora else state["trainable"],
                                    lora=state["trainable"] if lora else None, opt_state=state["opt_state"],
                                    meta=self.meta, train_info=self._train_info(step))
 
@@ -284,12 +312,14 @@ class Trainer:
                     done = step + 1
                     if not metrics.pop("finite"):
                         what = f"loss={metrics['loss']}, grad_norm={metrics['grad_norm']}"
+                        # Steps are numbered as metrics.jsonl numbers them: step `done` trains on
+                        # loader batch `step` (0-based).
                         if cfg.train.on_nonfinite == "stop":
                             raise NonFiniteLoss(
-                                f"step {step}: non-finite {what}; the update was not applied and no checkpoint "
+                                f"step {done}: non-finite {what}; the update was not applied and no checkpoint "
                                 f"was written after step {last_saved}. Lower optimizer.lr, check the data of "
-                                f"step {step}, or set train.on_nonfinite=skip")
-                        log.warning("step %d: non-finite %s; update skipped", step, what)
+                                f"step {done} (loader batch {step}), or set train.on_nonfinite=skip")
+                        log.warning("step %d: non-finite %s; update skipped", done, what)
                     self.loss_tokens_seen += metrics["loss_tokens"]
                     tokens_per_s = tokens_per_step / elapsed
                     metrics.update(tokens_per_s=tokens_per_s, step_time_s=elapsed,
