@@ -48,6 +48,7 @@ def _run_eval(args) -> int:
     if name == "value":
         from eval import value_generalization as mod
         cfg = load_config(mod.ValueGenConfig, args.config, args.overrides)
+        mod.load_pairs(cfg.pairs, cfg.value)  # a bad pair file fails before the model loads
         summary = mod.evaluate(_backend(cfg), cfg)
     elif name == "agentic":
         from eval import agentic as mod

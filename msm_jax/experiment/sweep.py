@@ -164,7 +164,7 @@ def run_sweep(sweep: SweepConfig, *, dry_run: bool = False, launcher: Optional[L
     if not dry_run:
         paths.makedirs(sweep.out)
         paths.write_text(paths.join(sweep.out, "sweep.yaml"), to_yaml(sweep))
-    run_stages(merged, launcher or Launcher(), dry_run=dry_run, out=out)
+    run_stages(merged, launcher or Launcher(), dry_run=dry_run, out=out, slice_cfg=runs[0].config.slice)
     if dry_run:
         return None
     report = write_sweep_report(sweep, runs)
