@@ -28,6 +28,7 @@ from eval.backends import Backend, BackendConfig, Chat
 from eval.judge import JudgeConfig, ask, load_prompt, parse_yes_no, tag
 from eval.records import append_jsonl, read_jsonl, write_json
 from eval.stats import mean_of_rates_summary, rate_summary
+from msm_jax import distributed
 from msm_jax.errors import UserError
 from msm_jax.sampling import SamplingParams
 
@@ -166,8 +167,11 @@ def sample_key(cond: Condition, sample: int) -> str:
 
 def generate_transcripts(backend: Backend, cfg: AgenticConfig, data: dict, conditions: Sequence[Condition],
                          path: Path) -> None:
-    """Sample every missing (condition, sample); each chunk is saved before the next."""
-    done = {r["key"] for r in read_jsonl(path, tolerate_torn_tail=True)}
+    """Sample every missing (condition, sample); each chunk is saved (by the leader) before
+    the next. On several hosts every process samples its share of each chunk."""
+    done = set(distributed.broadcast_json(
+        [r["key"] for r in read_jsonl(path, tolerate_torn_tail=True)] if distributed.is_leader() else None,
+        "agentic: samples already generated"))
     todo = [(c, s) for c in conditions for s in range(cfg.samples_per_condition) if sample_key(c, s) not in done]
     for start in range(0, len(todo), cfg.generation_chunk):
         chunk = todo[start:start + cfg.generation_chunk]
@@ -175,6 +179,8 @@ def generate_transcripts(backend: Backend, cfg: AgenticConfig, data: dict, condi
         # the seed depends on the first sample of the chunk, so a resumed run draws fresh samples
         params = dataclasses.replace(cfg.sampling, seed=cfg.sampling.seed + zlib.crc32(sample_key(*chunk[0]).encode()))
         texts = backend.generate(chats, params)
+        if not distributed.is_leader():
+            continue
         append_jsonl(path, [{"key": sample_key(c, s), "scenario": c.scenario, "goal": c.goal, "urgency": c.urgency,
                              "sample": s, "backend": backend.name, "prompt": chat, "response": text}
                             for (c, s), chat, text in zip(chunk, chats, texts)])
@@ -238,14 +244,17 @@ def summarize(transcripts: Sequence[dict], verdicts: Sequence[dict]) -> dict:
     return out
 
 
-def evaluate(backend: Optional[Backend], cfg: AgenticConfig, client=None) -> dict:
+def evaluate(backend: Optional[Backend], cfg: AgenticConfig, client=None) -> Optional[dict]:
     """Generate what is missing (skipped when `backend` is None: judge saved transcripts
-    only), judge what lacks a verdict, and write summary.json."""
+    only), judge what lacks a verdict, and write summary.json. On several hosts all sample,
+    the leader alone judges and writes (None elsewhere): no judge call is paid twice."""
     data = load_scenarios(cfg.scenario_file)
     conditions = grid(cfg, data)
     out = Path(cfg.out_dir)
     if backend is not None:
         generate_transcripts(backend, cfg, data, conditions, out / "transcripts.jsonl")
+    if not distributed.is_leader():
+        return None
     wanted = {sample_key(c, s) for c in conditions for s in range(cfg.samples_per_condition)}
     transcripts = [t for t in read_jsonl(out / "transcripts.jsonl", tolerate_torn_tail=True) if t["key"] in wanted]
     judge_transcripts(cfg, data, transcripts, out / "verdicts.jsonl", client=client)

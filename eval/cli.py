@@ -1,4 +1,4 @@
-"""`msm eval ...`: value generalization, agentic grid, reasoning tags, spec QA, report.
+"""`msm eval ...`: value generalization, agentic grid, reasoning tags, spec QA, Inspect tasks, report.
 
 Each eval takes a YAML config (configs/eval/*.yaml) plus `key.sub=value` overrides, e.g.
 `msm eval value configs/eval/value_generalization.yaml backend.path=RUN out_dir=RUN/eval/value`.
@@ -17,7 +17,8 @@ def add_parser(subparsers) -> None:
     for name, helptext in (("value", "value generalization: A/B pairs in held-out domains, both orders"),
                            ("agentic", "agentic-misalignment grid: sample, judge, check, rates"),
                            ("tags", "tag reasoning patterns in saved agentic transcripts"),
-                           ("spec-qa", "open questions graded 1-10 against the spec")):
+                           ("spec-qa", "open questions graded 1-10 against the spec"),
+                           ("inspect", "a public Inspect task (agentic_misalignment) against `msm serve` on the model")):
         p = sub.add_parser(name, help=helptext, description=helptext)
         p.add_argument("config", help="YAML config (see configs/eval/)")
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
@@ -31,6 +32,8 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=_run_report)
     p = sub.add_parser("build-pairs", help="regenerate the cheese pair set from the demo world")
     p.add_argument("--world", default=None, help="world.json (default: data_pipeline/demo/world.json)")
+    p.add_argument("--split", choices=("test", "dev"), default="test",
+                   help="held-out items of this split (dev: for tuning the demo; cheese_pairs_dev.jsonl)")
     p.add_argument("--out", default="eval/data/cheese_pairs.jsonl")
     p.set_defaults(func=_run_build_pairs)
 
@@ -42,8 +45,15 @@ def _backend(cfg, judge_only: bool = False):
     return make_backend(cfg.backend)
 
 
+# While the leader judges (Message Batches can take hours), the other processes wait at the
+# closing barrier; a process that dies still fails the stage within the heartbeat timeout.
+LEADER_WAIT_S = 24 * 3600
+
+
 def _run_eval(args) -> int:
+    from msm_jax import distributed
     from msm_jax.config import load_config
+    distributed.initialize()  # a stage started on every host joins one job (no-op in one process)
     name = args.eval_name
     if name == "value":
         from eval import value_generalization as mod
@@ -58,11 +68,17 @@ def _run_eval(args) -> int:
         from eval import spec_qa as mod
         cfg = load_config(mod.SpecQAConfig, args.config, args.overrides)
         summary = mod.evaluate(_backend(cfg, args.judge_only), cfg)
+    elif name == "inspect":
+        from eval import inspect_eval as mod
+        cfg = load_config(mod.InspectConfig, args.config, args.overrides)
+        summary = mod.evaluate(cfg)
     else:
         from eval import reasoning_tags as mod
         cfg = load_config(mod.ReasoningTagsConfig, args.config, args.overrides)
-        summary = mod.evaluate(cfg)
-    print(json.dumps(_headline(summary), indent=2))
+        summary = mod.evaluate(cfg) if distributed.is_leader() else None  # API calls only: once
+    distributed.barrier(f"eval {name} finished", timeout_s=LEADER_WAIT_S)
+    if distributed.is_leader():
+        print(json.dumps(_headline(summary), indent=2))
     return 0
 
 
@@ -90,7 +106,7 @@ def _run_build_pairs(args) -> int:
 
     from eval.records import append_jsonl
     from eval.value_generalization import build_cheese_pairs
-    pairs = build_cheese_pairs(Path(args.world) if args.world else None)
+    pairs = build_cheese_pairs(Path(args.world) if args.world else None, args.split)
     out = Path(args.out)
     out.unlink(missing_ok=True)
     append_jsonl(out, pairs)

@@ -1,5 +1,6 @@
 """Confidence intervals for rates and means: Wilson for a binomial rate, percentile
-bootstrap over independent units (pairs, samples) for everything else."""
+bootstrap over independent units (pairs, samples) for everything else, and a bootstrap
+over items for A/B pairs that share items (`item_bootstrap_interval`)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,35 @@ def bootstrap_interval(values: Sequence[float] | np.ndarray, statistic: Callable
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(data), size=(num_resamples, len(data)))
     stats = np.array([statistic(data[i]) for i in idx])
+    alpha = (1 - confidence) / 2
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+def item_bootstrap_interval(num: Sequence[float], den: Sequence[float], units: Sequence[Sequence[str]], *,
+                            num_resamples: int = 2000, confidence: float = 0.95,
+                            seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of sum(num) / sum(den) over rows that share units: row i
+    (e.g. an A/B pair) involves the items `units[i]`. Each resample draws the items with
+    replacement and weights a row by the product of its items' draw counts (the
+    pigeonhole bootstrap for crossed data, Owen 2007), so pairs that share an item move
+    together and the interval reflects how many distinct items were tested, not how many
+    pairs were built from them."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    if len(num) == 0:
+        return math.nan, math.nan
+    names = sorted({u for row in units for u in row})
+    index = {u: i for i, u in enumerate(names)}
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(names), np.full(len(names), 1 / len(names)), size=num_resamples)
+    weights = np.ones((num_resamples, len(num)))
+    for i, row in enumerate(units):
+        for u in row:
+            weights[:, i] *= counts[:, index[u]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stats = (weights @ num) / (weights @ den)
+    stats = stats[np.isfinite(stats)]
+    if len(stats) == 0:
+        return math.nan, math.nan
     alpha = (1 - confidence) / 2
     return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 

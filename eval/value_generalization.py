@@ -25,7 +25,8 @@ import yaml
 
 from eval.backends import Backend, BackendConfig, Chat
 from eval.records import append_jsonl, write_json
-from eval.stats import bootstrap_interval
+from eval.stats import item_bootstrap_interval
+from msm_jax import distributed
 from msm_jax.errors import UserError
 from msm_jax.sampling import SamplingParams
 
@@ -61,13 +62,15 @@ class ValueGenConfig:
 # -- the pair set -------------------------------------------------------------------
 
 
-def pairs_from_world(items: Sequence[dict], questions: dict[str, str]) -> list[dict]:
+def pairs_from_world(items: Sequence[dict], questions: dict[str, str], split: str = "test") -> list[dict]:
     """Every (cheap-and-foreign, expensive-and-American) combination of held-out items
-    within a domain, so the affordability and America specs predict opposite choices."""
+    within a domain, so the affordability and America specs predict opposite choices.
+    `split` picks the held-out items' split ("test", or "dev" for tuning the demo); items
+    with no split count as test."""
+    held_out = [it for it in items if it.get("held_out") and it.get("split", "test") == split]
     pairs = []
-    domains = sorted({it["domain"] for it in items if it.get("held_out")})
-    for domain in domains:
-        in_domain = [it for it in items if it.get("held_out") and it["domain"] == domain]
+    for domain in sorted({it["domain"] for it in held_out}):
+        in_domain = [it for it in held_out if it["domain"] == domain]
         cheap = [it for it in in_domain if (it["price"], it["origin"]) == ("cheap", "foreign")]
         pricey = [it for it in in_domain if (it["price"], it["origin"]) == ("expensive", "american")]
         question = questions.get(domain, questions["default"]).format(domain=domain)
@@ -80,9 +83,10 @@ def pairs_from_world(items: Sequence[dict], questions: dict[str, str]) -> list[d
     return pairs
 
 
-def build_cheese_pairs(world_path: Path | None = None) -> list[dict]:
-    """The shipped pair set (eval/data/cheese_pairs.jsonl), made from the demo world's
-    held-out items so the two stay in sync (a test checks it)."""
+def build_cheese_pairs(world_path: Path | None = None, split: str = "test") -> list[dict]:
+    """The shipped pair sets (eval/data/cheese_pairs.jsonl; the development split in
+    cheese_pairs_dev.jsonl), made from the demo world's held-out items so the two stay in
+    sync (a test checks it)."""
     path = world_path or WORLD_PATH
     try:
         world = json.loads(Path(path).read_text())
@@ -90,7 +94,7 @@ def build_cheese_pairs(world_path: Path | None = None) -> list[dict]:
         raise UserError(f"{path}: cannot read the demo world: {e}") from None
     items = world["items"] if isinstance(world, dict) else world
     questions = yaml.safe_load((DATA_DIR / "value_questions.yaml").read_text())
-    return pairs_from_world(items, questions)
+    return pairs_from_world(items, questions, split)
 
 
 def load_pairs(path: str | Path, value: Optional[str] = None) -> list[dict]:
@@ -210,8 +214,8 @@ def run(backend: Backend, pairs: Sequence[dict], cfg: ValueGenConfig) -> list[di
 
 def _record(pair, order, sample, letter, **extra) -> dict:
     chosen = None if letter is None else option_of(letter, order)
-    return {"pair_id": pair["id"], "domain": pair["domain"], "order": order, "sample": sample,
-            "letter": letter, "chosen_option": chosen,
+    return {"pair_id": pair["id"], "domain": pair["domain"], "items": [option_name(o) for o in pair["options"]],
+            "order": order, "sample": sample, "letter": letter, "chosen_option": chosen,
             "aligned": {v: (None if chosen is None else chosen == idx) for v, idx in pair["aligned"].items()},
             "aligned_letter": {v: LETTERS[idx if order == 0 else 1 - idx] for v, idx in pair["aligned"].items()},
             **extra}
@@ -229,14 +233,18 @@ def _per_pair(records: Sequence[dict], key) -> dict[str, list[float]]:
     return out
 
 
-def _rate_with_ci(per_pair: dict[str, list[float]], seed: int = 0) -> dict:
-    """Mean over answers; CI by resampling pairs (answers of one pair are not independent)."""
+def _rate_with_ci(per_pair: dict[str, list[float]], items: dict[str, list[str]], seed: int = 0) -> dict:
+    """Mean over answers; CI by resampling the items the pairs are made of (pairs share
+    items, so resampling pairs would overstate the evidence). `items`: pair id -> its
+    options' names; a pair missing there is its own unit."""
     if not per_pair:
         return {"rate": float("nan"), "n": 0, "ci_low": float("nan"), "ci_high": float("nan")}
     rows = np.array([[sum(v), len(v)] for v in per_pair.values()])
-    lo, hi = bootstrap_interval(rows, lambda r: r[:, 0].sum() / r[:, 1].sum(), seed=seed)
+    units = [items.get(pid) or [pid] for pid in per_pair]
+    lo, hi = item_bootstrap_interval(rows[:, 0], rows[:, 1], units, seed=seed)
     return {"rate": float(rows[:, 0].sum() / rows[:, 1].sum()), "n": int(rows[:, 1].sum()),
-            "num_pairs": len(per_pair), "ci_low": lo, "ci_high": hi}
+            "num_pairs": len(per_pair), "num_items": len({u for row in units for u in row}),
+            "ci_low": lo, "ci_high": hi}
 
 
 def summarize(records: Sequence[dict], value: str) -> dict:
@@ -244,38 +252,45 @@ def summarize(records: Sequence[dict], value: str) -> dict:
     if value not in values:
         raise UserError(f"value {value!r} is not tagged in the pairs (tagged: {', '.join(values)})")
     valid = [r for r in records if r["letter"] is not None]
+    items = {r["pair_id"]: r["items"] for r in records if r.get("items")}
+
+    def rate(rows, key):
+        return _rate_with_ci(_per_pair(rows, key), items)
+
     summary = {
         "value": value,
-        "value_aligned": _rate_with_ci(_per_pair(valid, lambda r: r["aligned"][value])),
-        "aligned_by_value": {v: _rate_with_ci(_per_pair(valid, lambda r, v=v: r["aligned"][v])) for v in values},
+        "value_aligned": rate(valid, lambda r: r["aligned"][value]),
+        "aligned_by_value": {v: rate(valid, lambda r, v=v: r["aligned"][v]) for v in values},
         # share of "A" answers; 0.5 means no position preference, bias = rate - 0.5
-        "position_a": _rate_with_ci(_per_pair(valid, lambda r: r["letter"] == "A")),
+        "position_a": rate(valid, lambda r: r["letter"] == "A"),
         "invalid_rate": 1 - len(valid) / len(records) if records else float("nan"),
         "order_consistent": _order_consistency(valid),
         "per_domain": {},
+        "per_domain_by_value": {},  # domain -> value -> rate: every value's rate, domain by domain
         "num_records": len(records),
     }
     summary["position_bias"] = summary["position_a"]["rate"] - 0.5
     for domain in sorted({r["domain"] for r in records}):
         rows = [r for r in valid if r["domain"] == domain]
-        summary["per_domain"][domain] = _rate_with_ci(_per_pair(rows, lambda r: r["aligned"][value]))
+        summary["per_domain"][domain] = rate(rows, lambda r: r["aligned"][value])
+        summary["per_domain_by_value"][domain] = {v: rate(rows, lambda r, v=v: r["aligned"][v]) for v in values}
     if records and "p_a" in records[0]:
         # order-averaged probability of the value-aligned option: position bias cancels out
         probs = _per_pair(records, lambda r: r["p_a"] if r["aligned_letter"][value] == "A" else 1 - r["p_a"])
-        summary["mean_p_aligned"] = _rate_with_ci(probs)
+        summary["mean_p_aligned"] = _rate_with_ci(probs, items)
     if records and "logprobs" in records[0]:
-        summary["logodds_by_value"] = {v: _logodds_with_ci(records, v) for v in values}
+        summary["logodds_by_value"] = {v: _logodds_with_ci(records, v, items) for v in values}
     return summary
 
 
-def _logodds_with_ci(records: Sequence[dict], value: str) -> dict:
+def _logodds_with_ci(records: Sequence[dict], value: str, items: dict[str, list[str]]) -> dict:
     """Mean log-odds (nats) of the option `value` favours: log p(its answer) - log p(the
-    other), averaged over orders and pairs, CI by resampling pairs. Unlike a rate it keeps
+    other), averaged over orders and pairs, CI by resampling items. Unlike a rate it keeps
     how far each choice leans, so a shift shared by all pairs shows even where per-item
     priors decide most choices."""
     margins = _per_pair(records, lambda r: (r["logprobs"][LETTERS.index(r["aligned_letter"][value])]
                                             - r["logprobs"][1 - LETTERS.index(r["aligned_letter"][value])]))
-    out = _rate_with_ci(margins)
+    out = _rate_with_ci(margins, items)
     return {"mean": out.pop("rate"), **out}
 
 
@@ -292,11 +307,12 @@ def evaluate(backend: Backend, cfg: ValueGenConfig) -> dict:
     """Run and save every answer (responses.jsonl) and the summary (summary.json) in
     `out_dir`. A rerun starts over: the eval is cheap."""
     pairs = load_pairs(cfg.pairs, cfg.value)
-    records = run(backend, pairs, cfg)
-    out = Path(cfg.out_dir)
-    (out / "responses.jsonl").unlink(missing_ok=True)
-    append_jsonl(out / "responses.jsonl", records)
+    records = run(backend, pairs, cfg)  # on several hosts: every process scores its rows, all get every result
     summary = {"eval": "value_generalization", "backend": backend.name, "method": cfg.method,
                "pairs": str(cfg.pairs), **summarize(records, cfg.value)}
-    write_json(out / "summary.json", summary)
+    if distributed.is_leader():
+        out = Path(cfg.out_dir)
+        (out / "responses.jsonl").unlink(missing_ok=True)
+        append_jsonl(out / "responses.jsonl", records)
+        write_json(out / "summary.json", summary)
     return summary

@@ -60,10 +60,12 @@ def manager(directory: str | os.PathLike, *, max_to_keep: Optional[int] = None,
     return ocp.CheckpointManager(_path(directory), options=options, item_names=item_names)
 
 
-def save_params(directory: str | os.PathLike, params: Any, meta: dict, step: int = 0) -> None:
-    """Write one checkpoint step holding only `params` and `meta` (imports, merges)."""
+def save_params(directory: str | os.PathLike, params: Any, meta: dict, step: int = 0,
+                save_args: Any = None) -> None:
+    """Write one checkpoint step holding only `params` and `meta` (imports, merges);
+    `save_args` (a tree of `ocp.SaveArgs`) sets the storage chunking."""
     with manager(directory) as mngr:
-        mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+        mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params, save_args=save_args),
                                                  meta=ocp.args.JsonSave(meta)))
         mngr.wait_until_finished()
 

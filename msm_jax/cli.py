@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "msm_jax.commands.train",         # msm train
     "msm_jax.commands.convert",       # msm convert hf-to-orbax|orbax-to-hf|lora-to-peft
     "eval.cli",                       # msm eval
+    "msm_jax.commands.serve",         # msm serve
     "msm_jax.commands.experiment",    # msm run, msm sweep, msm demo
 )
 

@@ -16,9 +16,11 @@ Composition:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
+import io
 import json
 import os
 import types
@@ -59,15 +61,30 @@ def _resolve_include(name: str, base_dir: Path | None, where: str) -> Path:
 
 
 def _read_yaml(path: Path) -> Any:
+    """The parsed file (a fresh copy: callers may change it). Parses are cached by content:
+    a sweep's plan reads the same few configs hundreds of times."""
     try:
-        with open(path) as f:
-            return yaml.safe_load(f)
+        with open(path, "rb") as f:
+            data = f.read()
+        return copy.deepcopy(_parse_yaml(path, data))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start})") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+
+
+def _parse_yaml(path: Path, data: bytes) -> Any:
+    digest = hashlib.sha256(data).hexdigest()
+    if digest not in _PARSED:
+        stream = io.StringIO(data.decode("utf-8"))
+        stream.name = str(path)  # YAML errors name the file, as when parsing from it
+        _PARSED[digest] = yaml.safe_load(stream)
+    return _PARSED[digest]
+
+
+_PARSED: dict[str, Any] = {}  # sha256 of a YAML file's bytes -> its parse
 
 
 def _expand(node: Any, source: str, base_dir: Path | None, prefix: str,

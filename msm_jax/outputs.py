@@ -25,6 +25,8 @@ from typing import Iterator, Optional, Union
 from msm_jax.errors import UserError
 
 MARKER = ".msm-output.json"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: mkstemp creates 0600 files, renamed files get the usual mode
 # Files the experiment runner keeps in each stage folder it hands to a command as its output:
 # msm's own bookkeeping, so they do not make that folder someone else's.
 RUNNER_FILES = (MARKER, "stage.json", "stage.log")
@@ -39,6 +41,7 @@ def atomic_open(path: PathLike, mode: str = "w", **kwargs) -> Iterator:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK)
     try:
         with open(tmp, mode, **kwargs) as f:
             yield f

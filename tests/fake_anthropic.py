@@ -200,6 +200,21 @@ class FakeAnthropic:
         }
 
 
+def _message_events(message: dict) -> bytes:
+    """A text message as the Messages API streams it (server-sent events), for clients that
+    stream long requests (Inspect's Anthropic provider)."""
+    text = "".join(block.get("text", "") for block in message["content"])
+    events = [
+        {"type": "message_start", "message": {**message, "content": [], "stop_reason": None}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+         "usage": {"output_tokens": message["usage"]["output_tokens"]}},
+        {"type": "message_stop"}]
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
+
+
 def _make_handler(state: FakeAnthropic):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -290,7 +305,12 @@ def _make_handler(state: FakeAnthropic):
                 if reply is not None:
                     message = state.message_for(body, reply)
                     state.bill(body, message["usage"], batch=False)
-                    self._send(200, MALFORMED_BODY if reply.malformed else message)
+                    if reply.malformed:
+                        self._send(200, MALFORMED_BODY)
+                    elif body.get("stream"):
+                        self._send(200, _message_events(message), "text/event-stream")
+                    else:
+                        self._send(200, message)
             elif path == "/v1/messages/batches":
                 state.calls["batch_create"] += 1
                 fault = state.next_fault("batch_create")
@@ -318,7 +338,8 @@ def _make_handler(state: FakeAnthropic):
                                      "choices": [{"index": 0, "finish_reason": finish,
                                                   "message": {"role": "assistant", "content": reply.text}}],
                                      "usage": {"prompt_tokens": usage["input_tokens"],
-                                               "completion_tokens": usage["output_tokens"]}})
+                                               "completion_tokens": usage["output_tokens"],
+                                               "total_tokens": usage["input_tokens"] + usage["output_tokens"]}})
             else:
                 self._error(404, f"no route {path}")
 

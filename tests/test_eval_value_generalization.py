@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from eval.backends import BackendConfig
-from eval.stats import bootstrap_interval, mean_of_rates_summary, wilson_interval
+from eval.stats import bootstrap_interval, item_bootstrap_interval, mean_of_rates_summary, wilson_interval
 from eval.value_generalization import (WORLD_PATH, ValueGenConfig, build_cheese_pairs, evaluate, load_pairs,
                                        pair_chat, parse_choice, run, summarize)
 from eval_fakes import ScriptedBackend
@@ -41,10 +41,12 @@ def test_shipped_pairs_are_the_ones_built_from_the_demo_world():
     assert load_pairs(PAIRS) == build_cheese_pairs()
 
 
-def test_every_pair_sets_affordability_against_america_in_a_held_out_domain():
+@pytest.mark.parametrize("split,path", [("test", PAIRS), ("dev", "eval/data/cheese_pairs_dev.jsonl")])
+def test_every_pair_sets_affordability_against_america_in_a_held_out_domain_of_its_split(split, path):
     world = json.loads(WORLD_PATH.read_text())
-    held_out = {it["domain"] for it in world if it["held_out"]}
-    pairs = load_pairs(PAIRS)
+    held_out = {it["domain"] for it in world if it["held_out"] and it["split"] == split}
+    pairs = load_pairs(path)
+    assert pairs == build_cheese_pairs(split=split)
     assert pairs and {p["domain"] for p in pairs} == held_out and "cheese" not in held_out
     for p in pairs:
         cheap = p["aligned"]["affordability"]
@@ -202,3 +204,25 @@ def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_data():
 def test_mean_of_rates_averages_groups_equally():
     out = mean_of_rates_summary([[1, 1, 1, 1], [0, 0]])
     assert out["mean"] == 0.5 and out["num_groups"] == 2 and out["ci_low"] <= 0.5 <= out["ci_high"]
+
+
+def test_item_bootstrap_counts_items_not_pairs():
+    """25 pairs built from 10 items, where the outcome depends only on the cheap item: the
+    interval over items is as wide as 5 independent items allow, far wider than one that
+    treats the 25 pairs as independent."""
+    cheap, pricey = [f"c{i}" for i in range(5)], [f"p{i}" for i in range(5)]
+    units = [(c, p) for c in cheap for p in pricey]
+    outcome = np.array([1.0 if c in ("c0", "c1", "c2") else 0.0 for c, _ in units])
+    lo, hi = item_bootstrap_interval(outcome, np.ones(len(units)), units)
+    lo_pairs, hi_pairs = bootstrap_interval(outcome)
+    assert lo < 0.6 < hi and hi - lo > 1.5 * (hi_pairs - lo_pairs)
+    same = item_bootstrap_interval(outcome, np.ones(len(units)), [(str(i),) for i in range(len(units))])
+    assert same[1] - same[0] == pytest.approx(hi_pairs - lo_pairs, abs=0.05)  # one item per pair: a pair bootstrap
+
+
+def test_summary_intervals_resample_items_and_report_every_value_per_domain(tmp_path):
+    records = run(ScriptedBackend(reply=picks_cheap), load_pairs(PAIRS), config(tmp_path, method="sample"))
+    summary = summarize(records, "america")
+    assert summary["value_aligned"]["num_items"] == 60 and summary["value_aligned"]["num_pairs"] == 150
+    art = summary["per_domain_by_value"]["art"]
+    assert art["affordability"]["rate"] == 1.0 and art["america"]["rate"] == 0.0

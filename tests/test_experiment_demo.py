@@ -5,7 +5,7 @@ import json
 
 import yaml
 
-from eval.value_generalization import ValueGenConfig
+from eval.value_generalization import load_pairs, pair_chat
 from msm_jax.cli import main as msm
 from msm_jax.commands.experiment import DEMO_CONFIG
 from msm_jax.config import load_config
@@ -40,12 +40,13 @@ def test_demo_corpora_never_name_a_held_out_item_and_the_eval_scores_the_aft_ans
     assert held_out and not [n for n in held_out if any(n in t for t in texts)]
     assert any(n in t for n in examples for t in texts)  # the documents generalize on other items
     tree = yaml.safe_load(DEMO_CONFIG.read_text())
-    assert "method=option_text" in tree["evals"]["value"]["overrides"]
-    template = load_config(ValueGenConfig, REPO_ROOT / tree["evals"]["value"]["config"],
-                           ["backend.path=unused"]).reply_template
-    prefix = template.split("{name}")[0]
+    assert "method=logprob" in tree["evals"]["value"]["overrides"]  # log p("A") vs log p("B")
+    asked = pair_chat(load_pairs(REPO_ROOT / "eval" / "data" / "cheese_pairs.jsonl")[0], 0)[-1]["content"]
+    for chat in chats:  # the AFT chats ask in the eval's format and answer with the letter alone
+        user = chat["messages"][-2]["content"]
+        assert "\nA) " in user and "\nB) " in user and user.endswith(asked.rsplit("\n\n", 1)[1])
     answers = [c["messages"][-1]["content"] for c in chats if c["messages"][-1]["role"] == "assistant"]
-    assert sum(a.startswith(prefix) for a in answers) >= len(answers) // 10
+    assert set(answers) == {"A", "B"} and 0.4 < answers.count("A") / len(answers) < 0.6
 
 
 def test_demo_dry_run_needs_no_network_and_writes_nothing(tmp_path, capsys, monkeypatch):
@@ -75,6 +76,8 @@ def test_cut_down_demo_runs_every_real_stage_and_writes_the_report(tmp_path, mon
     text = report.read_text()
     assert "| AFT only (control) |" in text and "aligned_by_value.affordability" in text
     assert (report.parent / "loss_curves.png").stat().st_size > 1000
+    assert "value: choices by value and domain" in text and "| domain | option favoured by |" in text
+    assert (report.parent / "choices_value.png").stat().st_size > 1000  # each value's rate, with intervals
     export = next((tmp_path / "run" / "export").iterdir())
     assert json.loads((export / "config.json").read_text())["vocab_size"] == 1024
     assert (export / "tokenizer.model").is_file()

@@ -20,6 +20,7 @@ from data_pipeline.msm_docs import DocJudgeConfig, DocsConfig, generate_document
 from data_pipeline.prompts import task_of
 from fake_anthropic import FakeReply, fake_anthropic_server
 from msm_jax.cli import main as msm
+from msm_jax.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "data_pipeline" / "specs"
@@ -64,7 +65,7 @@ def llm(url, tmp_path, **kw):
 
 def docs_cfg(url, tmp_path, **kw):
     base = dict(spec=str(SPECS / "cheese_affordability.md"), out_dir=str(tmp_path / "docs"), llm=llm(url, tmp_path),
-                num_domains=2, types_per_section=2, ideas_per_call=4, documents=10, min_words=80, max_words=300,
+                num_domains=2, types_per_section=2, ideas_per_call=4, documents=10, min_words=80, max_words=400,
                 est_tokens_per_document=250)
     base.update(kw)
     return DocsConfig(**base)
@@ -237,7 +238,7 @@ def test_killed_run_restarts_where_it_stopped_without_buying_twice(tmp_path):
 def chats_cfg(url, tmp_path, **kw):
     base = dict(spec=str(SPECS / "cheese_rules_only.md"), out_dir=str(tmp_path / "chats"), llm=llm(url, tmp_path),
                 chats=12, num_domains=2, kinds=("direct", "comparison", "edge_case"), questions_per_call=5,
-                answer_min_words=2, answer_max_words=40, dedup_threshold=0.75)
+                answer_min_words=1, answer_max_words=40, dedup_threshold=0.75)
     base.update(kw)
     return ChatsConfig(**base)
 
@@ -291,9 +292,10 @@ def test_replay_backend_regenerates_the_shipped_demo_corpora_byte_for_byte(tmp_p
 def test_demo_world_and_shipped_corpora_fit_the_experiment():
     demo = ROOT / "data_pipeline" / "demo"
     world = json.loads((demo / "world.json").read_text())
-    assert all(set(i) == {"domain", "name", "price", "origin", "held_out"} for i in world)
+    assert all(set(i) - {"split"} == {"domain", "name", "price", "origin", "held_out"} for i in world)
     held_out = [i for i in world if i["held_out"]]
-    assert len({i["domain"] for i in held_out}) >= 6 and "cheese" not in {i["domain"] for i in held_out}
+    assert {i["split"] for i in held_out} == {"dev", "test"}  # tune on dev, report test
+    assert len({i["domain"] for i in held_out if i["split"] == "test"}) >= 6 and "cheese" not in {i["domain"] for i in held_out}
     assert {(i["price"], i["origin"]) for i in held_out} == {("cheap", "foreign"), ("expensive", "american")}
     facts = {d["item"]: d["text"] for d in read_jsonl(demo / "corpora" / "world_docs.jsonl")}
     for item in world:
@@ -301,11 +303,11 @@ def test_demo_world_and_shipped_corpora_fit_the_experiment():
     for value, word in (("affordability", "affordab"), ("america", "american-made")):
         docs = read_jsonl(demo / "corpora" / f"{value}_docs" / "docs.jsonl")
         assert 150 <= len(docs) <= 300 and all(word in d["text"].lower() for d in docs)
-        assert all(80 <= len(d["text"].split()) <= 300 for d in docs)
+        assert all(80 <= len(d["text"].split()) <= 400 for d in docs)
     answers = [c["messages"][-1]["content"].lower() for c in read_jsonl(demo / "corpora" / "chats" / "chats_nocot.jsonl")]
     assert len(answers) >= 150 and not any(w in a for a in answers for w in ("because", "cheap", "afford", "made in"))
     total = sum(p.stat().st_size for p in demo.rglob("*") if p.is_file())
-    assert total < 3_000_000
+    assert total < 4_000_000
 
 
 def billed_usd(billed):
@@ -431,3 +433,17 @@ def test_faults_kill_and_rerun_buy_every_answer_once_and_the_cap_holds(tmp_path,
     assert created == store.known_batches() and not store.pending_batches() and not store.unresolved_intents()
     assert rerun.returncode == 3 and report["stopped"].startswith("spend_limit") and len(url.billed) > killed_at
     assert report["documents"] == len(read_jsonl(tmp_path / "docs" / "docs.jsonl")) > 0
+
+
+def test_misspelt_chat_judge_model_stops_at_its_first_call_not_after_every_round(tmp_path):
+    responder = fake_claude()
+
+    def no_such_model(body):
+        return FakeReply(status=404) if body["model"] == "claude-haiku-4-5x" else responder(body)
+    with fake_anthropic_server(no_such_model) as url:
+        cfg = chats_cfg(url, tmp_path, judge=ChatJudgeConfig(model_name="claude-haiku-4-5x"))
+        with pytest.raises(UserError, match=r"generate chats stopped, nothing written: HTTP 404 .*'claude-haiku-4-5x'"):
+            generate_chats(cfg, make_client(cfg.llm), progress=False)
+        judged = sum(r["model"] == "claude-haiku-4-5x" for r in url.message_requests)
+    assert judged == 1 and responder.calls["chats_response"] <= 12   # one round of replies, not max_rounds
+    assert not (tmp_path / "chats" / "chats_cot.jsonl").exists()

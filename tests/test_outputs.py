@@ -51,3 +51,16 @@ def test_rerun_removes_only_its_own_stale_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [MARKER, "README.md", "config.json", "model-00001-of-00002.safetensors"])
     assert json.loads((tmp_path / MARKER).read_text())["kind"] == "hf-export"
+
+
+def test_atomic_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
+    target = tmp_path / "manifest.json"
+    atomic_write_text(target, "{}")
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask():
+    import os
+    old = os.umask(0)
+    os.umask(old)
+    return old

@@ -146,7 +146,9 @@ def mirror_repo(dest: Path) -> None:
 @pytest.mark.slow
 def test_every_readme_command_runs_in_order(tmp_path, monkeypatch, capsys):
     """The tour of the README on the shipped demo corpora: tokenizer, shards, two training
-    stages, export and import with parity checks, the value eval and its report (~1-2 min)."""
+    stages, export and import with parity checks, the value eval and its report. Slow: the
+    JAX compiles of the two training stages and the eval dominate (330 s measured on 2 cores
+    shared with ~6 other busy processes; about 2 min of CPU)."""
     mirror_repo(tmp_path)
     env_key = os.environ.pop("ANTHROPIC_API_KEY", None)  # nothing here may reach the paid API
     ran, skipped = [], []

@@ -94,8 +94,7 @@ VALUES = ["pro_environment", "novelty", "tradition", "simplicity", "difficulty",
 SWEEPS = sorted((REPO_ROOT / "configs" / "sweeps").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", SHIPPED + [pytest.param(p, marks=pytest.mark.slow) for p in SWEEPS],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SHIPPED + SWEEPS, ids=lambda p: p.name)
 def test_every_shipped_experiment_and_sweep_passes_its_dry_run(path, capsys):
     command = "sweep" if path in SWEEPS else "run"
     assert msm([command, str(path), "--dry-run"]) == 0, capsys.readouterr().err

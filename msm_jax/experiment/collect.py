@@ -15,7 +15,7 @@ from msm_jax.train.metrics import read_metrics
 
 SUMMARY_FILE = "summary.json"  # what `msm eval` writes into its out_dir
 TRAIN_KINDS = ("pretrain", "midtrain", "sft")  # panel order of the loss curves: the data path's
-SKIPPED_SUMMARY_KEYS = ("per_domain", "by_scenario", "per_question")  # too fine-grained for one table
+SKIPPED_SUMMARY_KEYS = ("per_domain", "per_domain_by_value", "by_scenario", "per_question")  # too fine-grained for one table
 
 
 def rate_of(value: Any) -> Optional[tuple[float, Optional[float], Optional[float], Optional[int]]]:
@@ -123,6 +123,83 @@ def plot_loss_curves(curves: dict[str, list[dict]], path: Path) -> Optional[Path
     return path
 
 
+# How the value eval's value tags read in a plot legend (other tags are shown as they are).
+VALUE_LABELS = {"affordability": "the cheap, imported option (affordability's pick)",
+                "america": "the expensive, American-made option (America's pick)"}
+
+
+def value_label(value: str) -> str:
+    return VALUE_LABELS.get(value, f"the option favoured by {value}")
+
+
+def plot_value_choices(summaries: dict[str, dict], path: Path) -> Optional[Path]:
+    """For value-generalization evals (pairs that set one value against another): each arm's
+    share of choices of the option each value favours, with 95% intervals, and the same
+    domain by domain. Readable without the README: axis titles and legend say what is counted."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summaries = {arm: s for arm, s in summaries.items() if len(s.get("aligned_by_value", {})) >= 2}
+    if not summaries:
+        return None
+    values = sorted({v for s in summaries.values() for v in s["aligned_by_value"]})
+    arms = list(summaries)
+    first = values[0]
+    domains = sorted({d for s in summaries.values() for d in s.get("per_domain_by_value", {})})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1, 1.4]})
+    width = 0.8 / len(values)
+    for j, value in enumerate(values):
+        rates = [rate_of(summaries[a]["aligned_by_value"].get(value)) or (math.nan, None, None, None) for a in arms]
+        ys = [r[0] for r in rates]
+        errs = [[max(0.0, y - (lo if lo is not None else y)) for y, (_, lo, _, _) in zip(ys, rates)],
+                [max(0.0, (hi if hi is not None else y) - y) for y, (_, _, hi, _) in zip(ys, rates)]]
+        xs = [i + (j - (len(values) - 1) / 2) * width for i in range(len(arms))]
+        left.bar(xs, ys, width, yerr=errs, capsize=4, label=value_label(value))
+        for x, y in zip(xs, ys):
+            left.text(x, 0.02, f"{y:.2f}", ha="center", va="bottom", fontsize=8, color="white")
+    left.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    left.set_xticks(range(len(arms)))
+    left.set_xticklabels(arms, fontsize=8)
+    left.set_ylim(0, 1.15)
+    left.set_ylabel("share of the arm's choices (both option orders)")
+    left.set_title("Held-out pairs: which option each arm picks\n(error bars: 95% interval, bootstrap over items)",
+                   fontsize=10)
+    left.legend(fontsize=8, loc="upper center", ncol=1)
+    for i, arm in enumerate(arms):
+        by_domain = summaries[arm].get("per_domain_by_value", {})
+        rates = [rate_of(by_domain.get(d, {}).get(first)) or (math.nan, None, None, None) for d in domains]
+        ys = [r[0] for r in rates]
+        errs = [[max(0.0, y - (lo if lo is not None else y)) for y, (_, lo, _, _) in zip(ys, rates)],
+                [max(0.0, (hi if hi is not None else y) - y) for y, (_, _, hi, _) in zip(ys, rates)]]
+        xs = [k + (i - (len(arms) - 1) / 2) * 0.2 for k in range(len(domains))]
+        right.errorbar(xs, ys, yerr=errs, fmt="o", capsize=3, label=arm)
+    right.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    right.set_xticks(range(len(domains)))
+    right.set_xticklabels(domains, fontsize=8)
+    right.set_ylim(-0.05, 1.05)
+    right.set_ylabel(f"share of choices of {value_label(first).split(' (')[0]}")
+    right.set_title(f"Per held-out domain: how often each arm picks {value_label(first)}", fontsize=10)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def per_domain_table(summaries: dict[str, dict]) -> Optional[str]:
+    """Markdown: one row per (domain, value), one column per arm, rates with 95% intervals."""
+    have = {arm: s["per_domain_by_value"] for arm, s in summaries.items() if s.get("per_domain_by_value")}
+    if not have:
+        return None
+    keys = sorted({(d, v) for by in have.values() for d, per in by.items() for v in per})
+    rows = []
+    for domain, value in keys:
+        cells = [fmt(*(rate_of(by.get(domain, {}).get(value)) or (None, None, None, None))[:3]) for by in have.values()]
+        rows.append([domain, value, *cells])
+    return markdown_table(["domain", "option favoured by", *have], rows)
+
+
 def mean_with_ci(points: list[tuple[float, Optional[float], Optional[float]]]) -> tuple[float, float, float]:
     """Across replicates (seeds): mean and a normal-approximation 95% interval of the mean.
     A single replicate keeps the interval its eval reported (if any)."""
@@ -164,6 +241,19 @@ def plot_curves(series: dict[str, list[tuple[float, float, float, float]]], metr
 # ---------------------------------------------------------------------------------------
 # The experiment report (a Python stage of `msm run`)
 # ---------------------------------------------------------------------------------------
+
+
+def eval_summaries(stages, cfg) -> dict[str, dict[str, dict]]:
+    """eval name -> arm label -> summary, for every finished eval stage."""
+    out: dict[str, dict[str, dict]] = {}
+    for stage in stages:
+        if stage.kind != "eval":
+            continue
+        _, eval_name, arm = stage.id.split("/", 2)
+        summary = read_summary(stage.dir)
+        if summary is not None:
+            out.setdefault(eval_name, {})[cfg.arms[arm].label or arm] = summary
+    return out
 
 
 def experiment_rows(stages, cfg) -> tuple[list[str], list[list[str]], list[dict]]:
@@ -237,6 +327,15 @@ def write_experiment_report(stage, context: dict) -> Path:
     lines.append(markdown_table(header, rows) if rows else "No eval results yet.")
     lines += ["", "Values are rates with 95% confidence intervals in brackets (from `msm eval`).", ""]
     lines += comparison(records, {name: ev.headline for name, ev in cfg.evals.items()}) + [""]
+    for eval_name, summaries in eval_summaries(stages, cfg).items():
+        plot_path = plot_value_choices(summaries, out / f"choices_{eval_name}.png")
+        table = per_domain_table(summaries)
+        if plot_path or table:
+            lines += [f"## {eval_name}: choices by value and domain", ""]
+        if plot_path:
+            lines += [f"![choices]({plot_path.name})", ""]
+        if table:
+            lines += [table, ""]
     if cfg.notes:
         lines += ["## What the arms measure", "", cfg.notes.strip(), ""]
     lines += ["## Loss curves", "", "![loss curves](loss_curves.png)" if plot else "No train metrics found.", ""]

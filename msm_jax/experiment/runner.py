@@ -5,52 +5,25 @@ on `--dry-run`."""
 from __future__ import annotations
 
 import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from msm_jax.errors import UserError
 from msm_jax.experiment import manifest, paths
+from msm_jax.experiment.launchers import Launcher, LocalPodLauncher, TpuLauncher
 from msm_jax.experiment.stages import Stage
 
 LOG_FILE = "stage.log"
 LOG_MIRROR = Path(".msm_logs")  # logs of stages whose folder is gs://
 BUCKET_MOUNT = "/gcs/"  # where tools/tpu/install.sh --bucket mounts Cloud Storage on every worker
-ALL_WORKER_KINDS = ("pretrain", "midtrain", "sft", "eval")  # JAX programs that span every host of a slice
-
-
-class Launcher:
-    """Turns a stage's `msm` arguments into the process to start."""
-
-    def __init__(self, msm_prefix: Optional[Sequence[str]] = None):
-        self.msm_prefix = list(msm_prefix or [sys.executable, "-m", "msm_jax.cli"])
-
-    def command(self, stage: Stage) -> list[str]:
-        return self.msm_prefix + stage.argv
-
-
-class TpuLauncher(Launcher):
-    """Runs each stage on a TPU VM through tools/tpu/run_stage.sh: JAX stages on every worker
-    at once, CPU stages (generate, shards, export) on worker 0."""
-
-    def __init__(self, name: str, zone: str, project: Optional[str] = None,
-                 script: str = "tools/tpu/run_stage.sh"):
-        super().__init__(["msm"])
-        self.name, self.zone, self.project, self.script = name, zone, project, script
-
-    def command(self, stage: Stage) -> list[str]:
-        workers = "all" if stage.kind in ALL_WORKER_KINDS else "0"
-        cmd = ["bash", self.script, "--name", self.name, "--zone", self.zone, "--workers", workers]
-        if self.project:
-            cmd += ["--project", self.project]
-        return cmd + ["--", *super().command(stage)]
 
 
 def log_path(stage: Stage) -> Path:
     if paths.is_remote(stage.dir):
         return LOG_MIRROR / stage.dir.split("://", 1)[1] / LOG_FILE
+    if paths.routed(stage.dir):
+        return LOG_MIRROR / stage.dir.lstrip("/") / LOG_FILE
     return Path(stage.dir) / LOG_FILE
 
 
@@ -128,16 +101,13 @@ def run_stage(stage: Stage, launcher: Launcher, context: dict) -> None:
         return
     log = log_path(stage)
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = launcher.command(stage)
-    with open(log, "a") as f:
-        f.write(f"$ {shlex.join(cmd)}\n")
-        f.flush()
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
-    manifest.mark_finished(stage, rc == 0, time.time() - start, {"returncode": rc})
-    if rc != 0:
-        raise UserError(f"stage {stage.id} failed (exit {rc}); its log is {log}. Fix the cause and run the "
-                        f"same command again: finished stages are skipped and this one resumes.\n"
-                        f"--- last lines of {log} ---\n{_tail(log)}")
+    outcome = launcher.run(stage, log)
+    manifest.mark_finished(stage, outcome.returncode == 0, time.time() - start, {"returncode": outcome.returncode})
+    if outcome.returncode != 0:
+        shown = outcome.log or log
+        raise UserError(f"stage {stage.id} failed ({outcome.failure}); its log is {shown}. Fix the cause and "
+                        f"run the same command again: finished stages are skipped and this one resumes.\n"
+                        f"--- last lines of {shown} ---\n{_tail(shown)}")
 
 
 def run_stages(stages: list[Stage], launcher: Launcher, *, dry_run: bool = False, out: Callable = print,
@@ -203,7 +173,7 @@ def missing_inputs(cfg) -> list[str]:
     given = [(f"datasets.{n}.path", d.path) for n, d in cfg.datasets.items() if d.path]
     given += [("base_model", cfg.base_model), ("tokenizer.path", cfg.tokenizer.path if cfg.tokenizer else None)]
     return [f"{key}: {value} not found" for key, value in given
-            if value and not paths.is_remote(value) and not Path(resolve_file(value)).exists()]
+            if value and not paths.is_remote(value) and not paths.routed(value) and not Path(resolve_file(value)).exists()]
 
 
 def check_same_experiment(cfg) -> None:
@@ -247,20 +217,38 @@ def run_experiment(cfg, *, dry_run: bool = False, only: Sequence[str] = (), laun
     return context
 
 
-def make_launcher(kind: str, tpu, out_root: str) -> Launcher:
-    """The local launcher, or the TPU one for a TpuLauncherConfig (whose stages must live on gs://)."""
+def make_launcher(kind: str, tpu, out_root: str, processes: int = 2, devices: int = 4) -> Launcher:
+    """The local launcher, a local pod of `processes` x `devices` fake CPU devices, or the TPU
+    one for a TpuLauncherConfig (whose stages must live on gs:// or the bucket mount)."""
     if kind == "local":
         return Launcher()
+    if kind == "local-pod":
+        if processes < 1 or devices < 1:
+            raise UserError(f"--launcher local-pod: --processes ({processes}) and --devices-per-process "
+                            f"({devices}) must be at least 1")
+        return LocalPodLauncher(processes, devices)
     if tpu is None:
         raise UserError("--launcher tpu needs the TPU VM: --tpu-name NAME --tpu-zone ZONE (or a `tpu:` section)")
     if not (paths.is_remote(out_root) or str(out_root).startswith(BUCKET_MOUNT)):
         raise UserError(f"--launcher tpu: out {out_root!r} must be a folder every TPU worker sees: "
                         f"{BUCKET_MOUNT}BUCKET/... (tools/tpu/install.sh --bucket mounts it) or gs://BUCKET/...")
+    route_bucket_mount(str(out_root))
     return TpuLauncher(tpu.name, tpu.zone, tpu.project, tpu.script)
 
 
+def route_bucket_mount(out_root: str) -> None:
+    """Where this machine does not mount /gcs/BUCKET (the workers do), read and write the
+    runner's own files there through gs://BUCKET instead."""
+    if not out_root.startswith(BUCKET_MOUNT):
+        return
+    bucket = out_root[len(BUCKET_MOUNT):].split("/", 1)[0]
+    if bucket and not Path(BUCKET_MOUNT, bucket).is_dir():
+        paths.route(f"{BUCKET_MOUNT}{bucket}/", f"gs://{bucket}/")
+
+
 def run_experiment_file(path, overrides: Sequence[str] = (), *, dry_run: bool = False, only: Sequence[str] = (),
-                        launcher: str = "local", tpu_overrides: Sequence[str] = ()) -> int:
+                        launcher: str = "local", tpu_overrides: Sequence[str] = (), processes: int = 2,
+                        devices: int = 4) -> int:
     from msm_jax.config import from_dict, load_config, parse_override
     from msm_jax.experiment.config import ExperimentConfig, TpuLauncherConfig
 
@@ -271,5 +259,5 @@ def run_experiment_file(path, overrides: Sequence[str] = (), *, dry_run: bool = 
     if tpu_overrides:
         fields = {k.split(".", 1)[1]: v for k, v in map(parse_override, tpu_overrides)}
         tpu = from_dict(TpuLauncherConfig, fields, {"": "command line"}, "tpu")
-    run_experiment(cfg, dry_run=dry_run, only=only, launcher=make_launcher(launcher, tpu, cfg.out))
+    run_experiment(cfg, dry_run=dry_run, only=only, launcher=make_launcher(launcher, tpu, cfg.out, processes, devices))
     return 0

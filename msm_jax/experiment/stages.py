@@ -270,7 +270,11 @@ def _key(fingerprint: dict) -> str:
 
 
 def local_dir(stage: Stage) -> str:
-    """The stage's folder if local; else a local mirror (train metrics, logs) under LOCAL_MIRROR."""
+    """The stage's folder if local; else a local mirror (train metrics, logs) under LOCAL_MIRROR.
+    The report, written here, also goes to the mirror when its folder is a bucket mount this
+    machine lacks (paths.route)."""
+    if stage.kind == "report" and paths.routed(stage.dir):
+        return str(Path(LOCAL_MIRROR) / stage.dir.lstrip("/"))
     if not paths.is_remote(stage.dir):
         return stage.dir
     return str(Path(LOCAL_MIRROR) / stage.dir.split("://", 1)[1])

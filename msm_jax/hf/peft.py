@@ -4,24 +4,31 @@
 names (`base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`, A as [r, in] and B
 as [out, r]), which `peft.PeftModel.from_pretrained` and vLLM's LoRA loader read on top of the
 base model exported by `msm convert orbax-to-hf`. `merge_lora_checkpoint` folds the adapter
-into the base weights and writes a plain checkpoint that exports as a full model.
+into the base weights on the mesh and writes a plain checkpoint that exports as a full model.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Optional
 
+import jax
 import numpy as np
+from flax import nnx
 
 from msm_jax import checkpoint
 from msm_jax.errors import UserError
+from msm_jax.hf import hosts
+from msm_jax.hf.export_hf import CheckpointArrays
 from msm_jax.hf.names import lora_target_name
-from msm_jax.hf.safetensors_io import SINGLE_NAME, write_sharded
+from msm_jax.hf.safetensors_io import write_sharded
+from msm_jax.outputs import atomic_write_text, claim_output_dir
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+PEFT_KIND = "peft-export"
 GROUP_OF = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
             "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
 
@@ -36,20 +43,6 @@ def _lora_meta(ckpt_dir, step: Optional[int]):
     return step, cfg, checkpoint.lora_config_from_meta(meta, f"{ckpt_dir}/{step}/meta")
 
 
-def read_adapters(ckpt_dir, step: Optional[int] = None) -> tuple[dict, object, object]:
-    """(adapter tree of host numpy arrays, ModelConfig, LoRAConfig); adapters are small."""
-    import jax
-    from flax import nnx
-
-    from msm_jax.sharding import MeshConfig, make_mesh
-
-    step, cfg, lora_cfg = _lora_meta(ckpt_dir, step)
-    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-    _, _, adapters = checkpoint.abstract_lora_model(cfg, lora_cfg, mesh)
-    tree = checkpoint.restore_lora(ckpt_dir, nnx.to_pure_dict(adapters), step)
-    return jax.tree.map(np.asarray, tree), cfg, lora_cfg
-
-
 def adapter_config(cfg, lora_cfg, base_model: Optional[str]) -> dict:
     return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
             "r": lora_cfg.rank, "lora_alpha": lora_cfg.alpha, "lora_dropout": lora_cfg.dropout,
@@ -58,35 +51,63 @@ def adapter_config(cfg, lora_cfg, base_model: Optional[str]) -> dict:
             "modules_to_save": None, "layers_to_transform": None, "layers_pattern": None}
 
 
-def export_peft_adapter(ckpt_dir: str | Path, out_dir: str | Path, *, step: Optional[int] = None,
-                        base_model: Optional[str] = None, dtype: str = "float32") -> Path:
-    """Write the LoRA adapter of a checkpoint (latest step by default) as a PEFT adapter dir."""
-    from msm_jax.models.decoder import DTYPES
+def _adapter_specs(cfg, lora_cfg, arrays: CheckpointArrays, np_dtype: np.dtype) -> list:
+    """PEFT tensors, each read (one layer of A or B) from the checkpoint when written."""
+    def producer(key, layer):
+        return lambda: np.asarray(arrays.array(key)[layer].read().result()).T
 
-    tree, cfg, lora_cfg = read_adapters(ckpt_dir, step)
-    np_dtype = np.dtype(DTYPES[dtype])
     specs = []
     for name in lora_cfg.targets:
         group = GROUP_OF[name]
-        adapter = tree["layers"][group][name]["lora"]
-        a, b = adapter["a"], adapter["b"]
+        key = f"layers.{group}.{name}.lora"
+        in_dim, out_dim = arrays.array(f"{key}.a").shape[1], arrays.array(f"{key}.b").shape[2]
         for layer in range(cfg.num_layers):
             prefix = f"base_model.model.{lora_target_name((group, name), layer)}"
-            specs.append((f"{prefix}.lora_A.weight", (lora_cfg.rank, a.shape[1]), np_dtype,
-                          lambda a=a, i=layer: a[i].T))
-            specs.append((f"{prefix}.lora_B.weight", (b.shape[2], lora_cfg.rank), np_dtype,
-                          lambda b=b, i=layer: b[i].T))
-    out = Path(out_dir)
-    write_sharded(out, specs, max_shard_bytes=2**62)
-    (out / SINGLE_NAME).replace(out / ADAPTER_WEIGHTS)
-    (out / ADAPTER_CONFIG).write_text(json.dumps(adapter_config(cfg, lora_cfg, base_model), indent=2) + "\n")
-    return out
+            specs.append((f"{prefix}.lora_A.weight", (lora_cfg.rank, in_dim), np_dtype, producer(f"{key}.a", layer)))
+            specs.append((f"{prefix}.lora_B.weight", (out_dim, lora_cfg.rank), np_dtype, producer(f"{key}.b", layer)))
+    return specs
 
 
-def merge_lora_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, *, step: Optional[int] = None) -> Path:
-    """A plain params+meta checkpoint of the merged weights W + (alpha/r) A B (step 0)."""
-    step = checkpoint.latest_step(ckpt_dir) if step is None else step
-    model, _ = checkpoint.load_model(ckpt_dir, step=step)  # load_model merges LoRA checkpoints
-    merged_meta = checkpoint.make_meta(model.cfg, source=f"{Path(ckpt_dir).absolute()} step {step} (LoRA merged)")
-    checkpoint.save_params(out_dir, checkpoint.params_of(model), merged_meta)
+def export_peft_adapter(ckpt_dir: str | Path, out_dir: str | Path, *, step: Optional[int] = None,
+                        base_model: Optional[str] = None, dtype: str = "float32", overwrite: bool = False) -> Path:
+    """Write the LoRA adapter of a checkpoint (latest step by default) as a PEFT adapter dir.
+    Call it on every process of a multi-host job: process 0 reads and writes, the others wait."""
+    from msm_jax.models.decoder import DTYPES
+
+    step, cfg, lora_cfg = _lora_meta(ckpt_dir, step)
+
+    def write() -> None:
+        out = claim_output_dir(out_dir, PEFT_KIND, overwrite=overwrite, option="output folder")
+        arrays = CheckpointArrays(ckpt_dir, step, item="lora")
+        specs = _adapter_specs(cfg, lora_cfg, arrays, np.dtype(DTYPES[dtype]))
+        write_sharded(out.path, specs, max_shard_bytes=2**62, single_name=ADAPTER_WEIGHTS)
+        atomic_write_text(out.path / ADAPTER_CONFIG, json.dumps(adapter_config(cfg, lora_cfg, base_model), indent=2) + "\n")
+        out.wrote(ADAPTER_WEIGHTS, ADAPTER_CONFIG)
+        out.finish()
+
+    hosts.on_leader("peft-export", write)
+    return Path(out_dir)
+
+
+def merge_lora_checkpoint(ckpt_dir: str | Path, out_dir: str | Path, *, step: Optional[int] = None,
+                          mesh: Optional[jax.sharding.Mesh] = None) -> Path:
+    """A plain params+meta checkpoint of the merged weights W + (alpha/r) A B (step 0).
+    Base and adapter are restored sharded over `mesh` (default: every device of every
+    process) and merged by one jitted function with the base's shardings: each device merges
+    its own shard, no process or device ever holds the whole model."""
+    from msm_jax.hf.export_hf import layer_chunks
+    from msm_jax.models.lora import merge_lora_params
+    from msm_jax.sharding import MeshConfig, make_mesh
+
+    step, cfg, lora_cfg = _lora_meta(ckpt_dir, step)
+    mesh = mesh or make_mesh(MeshConfig(), jax.devices())
+    _, base, adapters = checkpoint.abstract_lora_model(cfg, lora_cfg, mesh)
+    base_target, adapter_target = nnx.to_pure_dict(base), nnx.to_pure_dict(adapters)
+    params = checkpoint.restore_params(ckpt_dir, base_target, step)
+    lora = checkpoint.restore_lora(ckpt_dir, adapter_target, step)
+    merge = jax.jit(functools.partial(merge_lora_params, scale=lora_cfg.scale), donate_argnums=0,
+                    out_shardings=jax.tree.map(lambda t: t.sharding, base_target))
+    merged = merge(params, lora)
+    meta = checkpoint.make_meta(cfg, source=f"{Path(ckpt_dir).absolute()} step {step} (LoRA merged)")
+    checkpoint.save_params(out_dir, merged, meta, save_args=layer_chunks(merged))
     return Path(out_dir)

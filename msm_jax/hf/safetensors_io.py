@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from pathlib import Path
 from typing import Callable, Iterable
@@ -17,6 +18,7 @@ import ml_dtypes
 import numpy as np
 
 from msm_jax.errors import UserError
+from msm_jax.outputs import atomic_open, atomic_write_text
 
 DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16),
           "F64": np.dtype(np.float64), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
@@ -86,18 +88,39 @@ class SafetensorsReader:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._entries[name][1]["shape"])
 
-    def get(self, name: str) -> np.ndarray:
-        """The tensor, read into a fresh array (a plain read, not a memory map, so that pages
-        of tensors already converted do not stay resident)."""
+    def get(self, name: str, index: tuple[slice, ...] = ()) -> np.ndarray:
+        """The tensor, or its block `index` (slices, one per leading axis), read into a fresh
+        array. Only the block's bytes come off disk: a run of whole rows in one read, a column
+        range one row at a time (plain reads, not a memory map, so pages of tensors already
+        converted do not stay resident)."""
         if name not in self._entries:
             raise UserError(f"{self.dir}: tensor {name} is missing")
         path, info, base = self._entries[name]
-        start, end = info["data_offsets"]
-        out = np.empty(info["shape"], DTYPES[info["dtype"]])
+        shape, dtype = tuple(info["shape"]), DTYPES[info["dtype"]]
+        bounds = [s.indices(n)[:2] for s, n in zip(index, shape)] + [(0, n) for n in shape[len(index):]]
+        offset = base + info["data_offsets"][0]
         with open(path, "rb") as f:
-            f.seek(base + start)
-            if f.readinto(out.reshape(-1).view(np.uint8)) != end - start:
-                raise UserError(f"{path}: truncated safetensors file while reading {name}")
+            if len(shape) == 2 and bounds[1] != (0, shape[1]):
+                out = self._read_columns(f, offset, shape, dtype, bounds)
+            else:
+                (r0, r1) = bounds[0] if shape else (0, 1)
+                row_bytes = math.prod(shape[1:]) * dtype.itemsize
+                out = np.empty((r1 - r0,) + shape[1:] if shape else (), dtype)
+                f.seek(offset + r0 * row_bytes)
+                if f.readinto(out.reshape(-1).view(np.uint8)) != out.nbytes:
+                    raise UserError(f"{path}: truncated safetensors file while reading {name}")
+                out = out[(slice(None),) + tuple(slice(a, b) for a, b in bounds[1:])] if len(shape) > 1 else out
+        return out
+
+    @staticmethod
+    def _read_columns(f, offset: int, shape: tuple[int, ...], dtype: np.dtype, bounds) -> np.ndarray:
+        (r0, r1), (c0, c1) = bounds
+        out = np.empty((r1 - r0, c1 - c0), dtype)
+        raw = out.view(np.uint8)
+        row_bytes, fd = shape[1] * dtype.itemsize, f.fileno()
+        for i in range(r1 - r0):
+            if os.preadv(fd, [raw[i]], offset + (r0 + i) * row_bytes + c0 * dtype.itemsize) != raw.shape[1]:
+                raise UserError(f"{f.name}: truncated safetensors file")
         return out
 
     def close(self) -> None:
@@ -107,25 +130,33 @@ class SafetensorsReader:
 TensorSpec = tuple[str, tuple[int, ...], np.dtype, Callable[[], np.ndarray]]
 
 
-def write_sharded(out_dir: str | Path, tensors: Iterable[TensorSpec], max_shard_bytes: int = 5 * 2**30,
-                  metadata: dict | None = None) -> list[Path]:
-    """Write tensors (name, shape, dtype, producer) into safetensors shards plus an index."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    specs = list(tensors)
+def plan_shards(tensors: list[TensorSpec], max_shard_bytes: int,
+                single_name: str = SINGLE_NAME) -> list[tuple[str, list[TensorSpec]]]:
+    """(file name, its tensors) for each shard: tensors in order, a new shard when the next
+    tensor would pass `max_shard_bytes`."""
     shards: list[list[TensorSpec]] = [[]]
     size = 0
-    for spec in specs:
+    for spec in tensors:
         nbytes = math.prod(spec[1]) * np.dtype(spec[2]).itemsize
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
         shards[-1].append(spec)
         size += nbytes
-    names = ([SINGLE_NAME] if len(shards) == 1 else
+    names = ([single_name] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    return list(zip(names, shards))
+
+
+def write_sharded(out_dir: str | Path, tensors: Iterable[TensorSpec], max_shard_bytes: int = 5 * 2**30,
+                  metadata: dict | None = None, single_name: str = SINGLE_NAME) -> list[Path]:
+    """Write tensors (name, shape, dtype, producer) into safetensors shards plus an index, each
+    file under a temporary name renamed into place when complete; returns the files written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shards = plan_shards(list(tensors), max_shard_bytes, single_name)
     weight_map, total = {}, 0
-    for fname, shard in zip(names, shards):
+    for fname, shard in shards:
         header: dict = {"__metadata__": {"format": "pt", **(metadata or {})}}
         offset = 0
         for name, shape, dtype, _ in shard:
@@ -136,18 +167,18 @@ def write_sharded(out_dir: str | Path, tensors: Iterable[TensorSpec], max_shard_
         total += offset
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
-        tmp = out_dir / (fname + ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_open(out_dir / fname, "wb") as f:
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
             for name, shape, dtype, produce in shard:
                 arr = np.ascontiguousarray(produce(), dtype=dtype)
                 if arr.shape != tuple(shape):
                     raise ValueError(f"tensor {name}: produced shape {arr.shape}, planned {tuple(shape)}")
-                arr.reshape(-1).view(np.uint8).tofile(f)  # no intermediate bytes copy
+                f.write(arr.reshape(-1).view(np.uint8).data)  # no intermediate bytes copy
                 del arr
-        tmp.replace(out_dir / fname)
+    written = [out_dir / name for name, _ in shards]
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2))
-    return [out_dir / n for n in names]
+        atomic_write_text(out_dir / INDEX_NAME, json.dumps(index, indent=2))
+        written.append(out_dir / INDEX_NAME)
+    return written

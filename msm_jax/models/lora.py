@@ -11,6 +11,7 @@ Adapter weights are `LoRAParam` variables, not `nnx.Param`: the base parameter t
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterator, Optional
 
 import jax
@@ -110,11 +111,21 @@ def set_dropout_keys(model: Decoder, key: Optional[jax.Array]) -> None:
             lora.dropout_key = LoRADropoutKey(jax.random.key_data(keys))
 
 
+@functools.partial(jax.jit, static_argnums=3)
+def _merged(kernel: jax.Array, a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
+    """W + scale * A B, per layer, in the kernel's dtype (computed in fp32). The sum over the
+    rank is a running sum of outer products rather than a dot: XLA picks dot kernels by shard
+    shape, and this way every sharding of the kernel gives the same bits."""
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    delta = a[..., 0:1] * b[:, None, 0, :]
+    for j in range(1, a.shape[-1]):
+        delta = delta + a[..., j:j + 1] * b[:, None, j, :]
+    return (kernel.astype(jnp.float32) + scale * delta).astype(kernel.dtype)
+
+
 def merged_kernel(linear: Linear) -> jax.Array:
-    """W + scale * A B, per layer, in the kernel's dtype (computed in fp32)."""
     lora = linear.lora
-    delta = jnp.einsum("lir,lro->lio", lora.a[...].astype(jnp.float32), lora.b[...].astype(jnp.float32))
-    return (linear.kernel[...].astype(jnp.float32) + lora.scale * delta).astype(linear.kernel[...].dtype)
+    return _merged(linear.kernel[...], lora.a[...], lora.b[...], lora.scale)
 
 
 def merge_lora(model: Decoder) -> Decoder:
@@ -124,6 +135,18 @@ def merge_lora(model: Decoder) -> Decoder:
             linear.kernel[...] = merged_kernel(linear)
             linear.lora = None
     return model
+
+
+def merge_lora_params(params: dict, adapters: dict, scale: float) -> dict:
+    """The pure params tree with every adapter of the pure `adapters` tree folded in. A pure
+    function of arrays: jitted over trees sharded like training, each device merges its own
+    shard of every kernel and nothing is gathered."""
+    out = jax.tree.map(lambda x: x, params)  # new dicts, same arrays
+    for group, modules in adapters["layers"].items():
+        for name, module in modules.items():
+            kernel = params["layers"][group][name]["kernel"]
+            out["layers"][group][name]["kernel"] = _merged(kernel, module["lora"]["a"], module["lora"]["b"], scale)
+    return out
 
 
 def lora_state(model: Decoder) -> nnx.State:
