@@ -208,7 +208,7 @@ def main() -> None:
     if use_torch:
         import torch
         results["torch_threads"] = torch.get_num_threads()
-    lines = ["| config | params | stack | step (median) | tokens/s | vs transformers+torch |", "|---|---|---|---|---|---|"]
+    lines = ["| config | stack | step (median) | tokens/s | vs transformers+torch |", "|---|---|---|---|---|"]
     for i, run in enumerate(runs):
         cfg = run["cfg"]
         step_s = statistics.median(run["times"])
@@ -224,11 +224,11 @@ def main() -> None:
         size, _, variant = run["label"].rpartition(" ")
         ratio = f"{row['ratio_vs_torch']:.2f}x" if "ratio_vs_torch" in row else "-"
         mfu_s = "" if row["mfu"] is None else f", MFU {100 * row['mfu']:.1f}%"
-        lines.append(f"| {size} | {row['params_m']}M | msm-jax {variant} | {1e3 * step_s:.0f} ms | "
+        lines.append(f"| {size} ({row['params_m']}M) | msm-jax {variant} | {1e3 * step_s:.0f} ms | "
                      f"{row['tokens_per_s']:.0f}{mfu_s} | {ratio} |")
         last_of_size = i + 1 == len(runs) or not runs[i + 1]["label"].startswith(size + " ")
         if base is not None and last_of_size:
-            lines.append(f"| {size} | {row['params_m']}M | transformers+torch | {1e3 * row['torch_step_s']:.0f} ms | "
+            lines.append(f"| {size} ({row['params_m']}M) | transformers+torch | {1e3 * row['torch_step_s']:.0f} ms | "
                          f"{tokens / row['torch_step_s']:.0f} | 1.00x |")
     if args.compile_layers:
         cfg = runs[0]["cfg"]
