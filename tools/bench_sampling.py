@@ -1,17 +1,27 @@
-"""KV-cache generation next to full recomputation, in the same run.
+"""Greedy generation speed: the KV-cache sampler vs compiled-once recomputation vs transformers.
 
-    python tools/bench_sampling.py [--model tiny-llama] [--batch 8] [--prompt-len 128] [--new-tokens 64]
+    python tools/bench_sampling.py [--batch 8] [--prompt-len 128] [--new-tokens 64] [--rounds 3] [--json]
 
-Baseline: greedy decoding that reruns the whole (fixed-length, jitted) forward for every
-new token, the cost of sampling without a cache. Measured: `msm_jax.sampling.Sampler`
-(prefill once, then jitted decode chunks over the KV cache). Both are timed after a
-warm-up call, so compile time is excluded; the tokens must agree.
+One random-weight model (by default the 5.28M-parameter Llama of tools/bench_train.py:
+d=256, 6 layers, 8/2 heads, MLP 704, vocab 2048, fp32) is exported to a Hugging Face folder;
+three decoders produce the same `new-tokens` greedy tokens for the same batch of prompts:
+
+- `recompute`: a full forward over a fixed [B, P + N] buffer per new token, jitted once
+  (the cost of sampling without a cache, compile excluded);
+- `kv_cache`: `msm_jax.sampling.Sampler` (prefill once, jitted decode chunks over a KV cache);
+- `transformers`: `generate(do_sample=False)` on the exported folder (torch, its own KV cache).
+
+Every decoder runs once to warm up, then `rounds` interleaved rounds (so all see the same
+background load); the median time of each is reported, with the token agreement.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,16 +32,18 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from msm_jax.config import load_config  # noqa: E402
+from msm_jax.config import CONFIGS_DIR, load_config  # noqa: E402
 from msm_jax.models.config import ModelConfig  # noqa: E402
 from msm_jax.models.decoder import Decoder  # noqa: E402
 from msm_jax.sampling import Sampler, SamplingParams  # noqa: E402
 
+DEFAULT_SET = ["vocab_size=2048", "hidden_size=256", "intermediate_size=704", "num_layers=6",
+               "num_heads=8", "num_kv_heads=2"]
 
-def recompute_greedy(model: Decoder, prompts: np.ndarray, new_tokens: int) -> np.ndarray:
-    """Greedy decoding by full forwards over a fixed [B, P + N] buffer (one compile)."""
+
+def recompute_greedy(model: Decoder, batch: int, plen: int, new_tokens: int):
+    """A function prompts -> greedy tokens by full forwards over a fixed buffer (one compile)."""
     graphdef, state = nnx.split(model)
-    batch, plen = prompts.shape
     total = plen + new_tokens
 
     @jax.jit
@@ -41,42 +53,100 @@ def recompute_greedy(model: Decoder, prompts: np.ndarray, new_tokens: int) -> np
         nxt = jnp.argmax(logits[:, length - 1], axis=-1).astype(jnp.int32)
         return tokens.at[:, length].set(nxt)
 
-    tokens = jnp.zeros((batch, total), jnp.int32).at[:, :plen].set(prompts)
-    for i in range(new_tokens):
-        tokens = step(state, tokens, plen + i)
-    return np.asarray(tokens[:, plen:])
+    def run(prompts: np.ndarray) -> np.ndarray:
+        tokens = jnp.zeros((batch, total), jnp.int32).at[:, :plen].set(prompts)
+        for i in range(new_tokens):
+            tokens = step(state, tokens, jnp.int32(plen + i))
+        return np.asarray(tokens[:, plen:])
+
+    return run
+
+
+def transformers_greedy(hf_dir: Path, new_tokens: int):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+
+    def run(prompts: np.ndarray) -> np.ndarray:
+        ids = torch.tensor(prompts, dtype=torch.long)
+        with torch.no_grad():
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
+                              min_new_tokens=new_tokens, eos_token_id=None, pad_token_id=0)
+        return out[:, prompts.shape[1]:].numpy()
+
+    return run, torch.get_num_threads()
+
+
+def export(model: Decoder, out: Path) -> Path:
+    from msm_jax import checkpoint
+    from msm_jax.hf.export_hf import orbax_to_hf
+
+    checkpoint.save_params(out / "ckpt", checkpoint.params_of(model), checkpoint.make_meta(model.cfg))
+    orbax_to_hf(out / "ckpt", out / "hf")
+    return out / "hf"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny-llama", help="a preset under configs/models/")
+    parser.add_argument("--model", default="tiny-llama", help="a preset under configs/models/ (then --set overrides)")
+    parser.add_argument("--set", action="append", default=None, metavar="FIELD=VALUE",
+                        help="model config override (default: the 5.28M config above)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--chunk-size", type=int, default=64, help="the sampler's decode chunk")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-transformers", action="store_true", help="skip the transformers baseline")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()
 
-    cfg = load_config(ModelConfig, Path(__file__).resolve().parent.parent / "configs/models" / f"{args.model}.yaml")
+    overrides = DEFAULT_SET if args.set is None else args.set
+    cfg = load_config(ModelConfig, CONFIGS_DIR / "models" / f"{args.model}.yaml", overrides)
     model = Decoder(cfg, nnx.Rngs(0))
     rng = np.random.default_rng(0)
     prompts = rng.integers(1, cfg.vocab_size, size=(args.batch, args.prompt_len)).astype(np.int32)
-    sampler = Sampler(model, chunk_size=32)
+    sampler = Sampler(model, chunk_size=args.chunk_size)
     params = SamplingParams(max_tokens=args.new_tokens, temperature=0)
 
-    def cached():
-        return np.asarray([g.tokens for g in sampler.generate(prompts.tolist(), params, batch_size=args.batch)])
+    def cached(p):
+        return np.asarray([g.tokens for g in sampler.generate(p.tolist(), params, batch_size=args.batch)])
 
-    timings = {}
-    for name, fn in (("recompute", lambda: recompute_greedy(model, prompts, args.new_tokens)), ("kv_cache", cached)):
-        fn()  # compile
-        start = time.perf_counter()
-        out = fn()
-        timings[name] = (time.perf_counter() - start, out)
-    (t_base, base), (t_kv, kv) = timings["recompute"], timings["kv_cache"]
+    runners = {"recompute": recompute_greedy(model, args.batch, args.prompt_len, args.new_tokens), "kv_cache": cached}
+    threads = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.no_transformers:
+            runners["transformers"], threads = transformers_greedy(export(model, Path(tmp)), args.new_tokens)
+        outputs = {name: fn(prompts) for name, fn in runners.items()}  # warm-up (compiles)
+        times = {name: [] for name in runners}
+        for _ in range(args.rounds):
+            for name, fn in runners.items():
+                t0 = time.perf_counter()
+                fn(prompts)
+                times[name].append(time.perf_counter() - t0)
     new = args.batch * args.new_tokens
-    print(f"model={args.model} batch={args.batch} prompt={args.prompt_len} new_tokens={args.new_tokens} "
-          f"device={jax.devices()[0].platform}")
-    print(f"recompute: {new / t_base:9.1f} tok/s")
-    print(f"kv_cache:  {new / t_kv:9.1f} tok/s   speed-up x{t_base / t_kv:.2f}   tokens agree: {np.array_equal(base, kv)}")
+    result = {"config": {"params_m": round(cfg.num_params() / 1e6, 2), "hidden": cfg.hidden_size,
+                         "layers": cfg.num_layers, "vocab": cfg.vocab_size},
+              "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+              "device": jax.devices()[0].platform, "torch_threads": threads, "decoders": {}}
+    for name in runners:
+        step = statistics.median(times[name])
+        agree = float(np.mean(outputs[name] == outputs["kv_cache"]))
+        result["decoders"][name] = {"seconds": step, "tokens_per_s": new / step, "token_agreement_with_kv_cache": agree}
+    kv = result["decoders"]["kv_cache"]["tokens_per_s"]
+    for name, row in result["decoders"].items():
+        row["kv_cache_speedup"] = kv / row["tokens_per_s"]
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{result['config']['params_m']}M-param Llama (d={cfg.hidden_size}, {cfg.num_layers} layers, "
+          f"vocab {cfg.vocab_size}), batch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new tokens, "
+          f"greedy, {result['device']}; median of {args.rounds} interleaved rounds")
+    print("| decoder | tokens/s | kv_cache speed-up | tokens equal to kv_cache |")
+    print("|---|---|---|---|")
+    for name, row in result["decoders"].items():
+        print(f"| {name} | {row['tokens_per_s']:.0f} | {row['kv_cache_speedup']:.2f}x | "
+              f"{100 * row['token_agreement_with_kv_cache']:.1f}% |")
 
 
 if __name__ == "__main__":

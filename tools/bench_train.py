@@ -1,8 +1,13 @@
 """Training benchmark: tokens/s and MFU of the jitted train step for a model and mesh.
 
-  python tools/bench_train.py --model tiny-llama --batch 8 --seq 256 \
-      --set hidden_size=256 --set intermediate_size=688 --set num_layers=6 --set num_heads=8 --set num_kv_heads=4
+  python tools/bench_train.py [--json]     # the two reference configs below, vs transformers+torch
+  python tools/bench_train.py --model tiny-llama --set hidden_size=128 --set num_layers=4   # one custom config
   python tools/bench_train.py --model qwen3-0.6b --mesh fsdp=-1 --batch 16 --seq 2048 --dtype bfloat16  # on a GPU/TPU
+
+Without --model/--set it runs both reference configs (fp32 AdamW, batch 8 x 256, packed rows):
+5.28M (d=256, 6 layers, 8/2 heads, head_dim 32, MLP 704, vocab 2048) and 8.45M (d=256,
+6 layers, 8/4 heads, MLP 688, vocab 8000), each with scan_layers=true (the default) and
+false, and prints one markdown table with the ratio to transformers+torch.
 
 MFU = (6 * matmul params + 6 * layers * heads * head_dim * seq) * tokens/s / (devices * peak);
 see msm_jax/train/flops.py for the derivation (MaxText's count, causal attention halved).
@@ -26,7 +31,8 @@ import numpy as np
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny-llama", help="preset under configs/models or a YAML path")
+    p.add_argument("--model", default=None, help="preset under configs/models or a YAML path (default: the two "
+                   "reference configs)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="model config override")
     p.add_argument("--mesh", default="data=1,fsdp=-1,tensor=1")
     p.add_argument("--batch", type=int, default=8)
@@ -39,15 +45,25 @@ def parse_args():
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak (default: by device kind)")
     p.add_argument("--baseline", choices=["auto", "torch", "none"], default="auto",
                    help="transformers+torch baseline on the same model and batch (auto: on CPU)")
-    p.add_argument("--compile-layers", default="4,32", help="layer counts for the compile-time comparison ('' skips)")
+    p.add_argument("--compile-layers", default="", help="layer counts for a compile-time comparison, e.g. 4,32")
+    p.add_argument("--json", action="store_true", help="print one JSON object (all results) instead of the table")
     return p.parse_args()
+
+
+REFERENCE = {
+    "5.28M": ["vocab_size=2048", "hidden_size=256", "intermediate_size=704", "num_layers=6", "num_heads=8",
+              "num_kv_heads=2"],
+    "8.45M": ["vocab_size=8000", "hidden_size=256", "intermediate_size=688", "num_layers=6", "num_heads=8",
+              "num_kv_heads=4"],
+}
 
 
 def model_config(args):
     from msm_jax.config import CONFIGS_DIR, load_config
     from msm_jax.models.config import ModelConfig
 
-    path = args.model if args.model.endswith((".yaml", ".yml")) else CONFIGS_DIR / "models" / f"{args.model}.yaml"
+    model = args.model or "tiny-llama"
+    path = model if model.endswith((".yaml", ".yml")) else CONFIGS_DIR / "models" / f"{model}.yaml"
     overrides = list(args.set) + [f"param_dtype={args.dtype}", f"compute_dtype={args.dtype}",
                                   f"remat_policy={args.remat}"]
     return load_config(ModelConfig, path, overrides)
@@ -151,50 +167,82 @@ def compile_seconds(cfg, args, layers: int) -> float:
     return time.perf_counter() - t0
 
 
+def cases(args) -> list[tuple[str, object]]:
+    """(label, model config) pairs: the reference configs x scan_layers, or the one given."""
+    if args.model is not None or args.set:
+        cfg = model_config(args)
+        return [(f"{args.model or 'tiny-llama'} scan_layers={str(cfg.scan_layers).lower()}", cfg)]
+    out = []
+    for name, overrides in REFERENCE.items():
+        for scan in ("true", "false"):
+            one = argparse.Namespace(**{**vars(args), "model": None, "set": overrides + [f"scan_layers={scan}"]})
+            out.append((f"{name} scan_layers={scan}", model_config(one)))
+    return out
+
+
 def main() -> None:
     import jax
 
     from msm_jax.train.flops import device_peak_tflops, flops_per_token, mfu
 
     args = parse_args()
-    cfg = model_config(args)
     device = jax.devices()[0]
     peak = args.peak_tflops or device_peak_tflops(device.device_kind)
-    print(f"model {args.model}: {cfg.num_params() / 1e6:.2f}M params, {cfg.num_layers} layers, d={cfg.hidden_size}; "
-          f"batch {args.batch} x {args.seq}; {jax.device_count()} x {device.device_kind}; mesh {args.mesh}; "
-          f"dtype {args.dtype}; lora rank {args.lora_rank or '-'}")
-    first, jax_step = jax_stepper(cfg, args)
     use_torch = args.baseline == "torch" or (args.baseline == "auto" and jax.default_backend() == "cpu")
-    torch_step = torch_stepper(cfg, args) if use_torch else None
-    # Interleaved rounds, so both sides see the same background load on a shared machine.
-    jax_times, torch_times = [], []
+    runs = []  # dicts: label, cfg, first, step fn, times; a torch run per distinct architecture
+    torch_runs = {}
+    for label, cfg in cases(args):
+        first, step = jax_stepper(cfg, args)
+        step()  # warm
+        runs.append({"label": label, "cfg": cfg, "first": first, "step": step, "times": []})
+        arch = dataclasses.replace(cfg, scan_layers=True)
+        if use_torch and arch not in torch_runs:
+            torch_runs[arch] = {"step": torch_stepper(cfg, args), "times": []}
+    # Interleaved rounds, so every variant sees the same background load on a shared machine.
     for _ in range(args.steps):
-        jax_times.append(jax_step())
-        if torch_step is not None:
-            torch_times.append(torch_step())
+        for run in runs + list(torch_runs.values()):
+            run["times"].append(run["step"]())
     tokens = args.batch * args.seq
-    ours = {"first_step_s": first, "step_s": statistics.median(jax_times)}
-    ours["tokens_per_s"] = tokens / ours["step_s"]
-    ours["mfu"] = mfu(cfg, args.seq, ours["tokens_per_s"], jax.device_count(), peak)
-    ours["flops_per_token"] = flops_per_token(cfg, args.seq)
-    shown_mfu = "n/a (no device peak; pass --peak-tflops)" if ours["mfu"] is None else f"{100 * ours['mfu']:.1f}%"
-    print(f"msm-jax: first step (compile) {ours['first_step_s']:.2f} s, step {ours['step_s'] * 1e3:.1f} ms, "
-          f"{ours['tokens_per_s']:.0f} tokens/s, MFU {shown_mfu}")
-    result = {"model": args.model, "config": dataclasses.asdict(cfg), "device": device.device_kind,
-              "devices": jax.device_count(), "batch": args.batch, "seq": args.seq, "msm_jax": ours}
-    if torch_step is not None:
+    results = {"device": device.device_kind, "devices": jax.device_count(), "batch": args.batch, "seq": args.seq,
+               "dtype": args.dtype, "mesh": args.mesh, "steps": args.steps, "runs": []}
+    if use_torch:
         import torch
-        base = {"step_s": statistics.median(torch_times), "threads": torch.get_num_threads()}
-        base["tokens_per_s"] = tokens / base["step_s"]
-        result["torch"] = base
-        print(f"transformers+torch: step {base['step_s'] * 1e3:.1f} ms, {base['tokens_per_s']:.0f} tokens/s "
-              f"({base['threads']} threads); ratio msm-jax / torch = {ours['tokens_per_s'] / base['tokens_per_s']:.2f}")
+        results["torch_threads"] = torch.get_num_threads()
+    lines = ["| config | stack | step (median) | tokens/s | vs transformers+torch |", "|---|---|---|---|---|"]
+    for i, run in enumerate(runs):
+        cfg = run["cfg"]
+        step_s = statistics.median(run["times"])
+        row = {"label": run["label"], "params_m": round(cfg.num_params() / 1e6, 2), "config": dataclasses.asdict(cfg),
+               "first_step_s": run["first"], "step_s": step_s, "tokens_per_s": tokens / step_s,
+               "flops_per_token": flops_per_token(cfg, args.seq),
+               "mfu": mfu(cfg, args.seq, tokens / step_s, jax.device_count(), peak)}
+        base = torch_runs.get(dataclasses.replace(cfg, scan_layers=True))
+        if base is not None:
+            row["torch_step_s"] = statistics.median(base["times"])
+            row["ratio_vs_torch"] = row["torch_step_s"] / step_s
+        results["runs"].append(row)
+        size, _, variant = run["label"].rpartition(" ")
+        ratio = f"{row['ratio_vs_torch']:.2f}x" if "ratio_vs_torch" in row else "-"
+        mfu_s = "" if row["mfu"] is None else f", MFU {100 * row['mfu']:.1f}%"
+        lines.append(f"| {size} ({row['params_m']}M) | msm-jax {variant} | {1e3 * step_s:.0f} ms | "
+                     f"{row['tokens_per_s']:.0f}{mfu_s} | {ratio} |")
+        last_of_size = i + 1 == len(runs) or not runs[i + 1]["label"].startswith(size + " ")
+        if base is not None and last_of_size:
+            lines.append(f"| {size} ({row['params_m']}M) | transformers+torch | {1e3 * row['torch_step_s']:.0f} ms | "
+                         f"{tokens / row['torch_step_s']:.0f} | 1.00x |")
     if args.compile_layers:
+        cfg = runs[0]["cfg"]
         layers = [int(x) for x in args.compile_layers.split(",")]
-        times = {n: compile_seconds(cfg, args, n) for n in layers}
-        result["compile_s_by_layers"] = times
-        print("compile time (scan over layers): " + ", ".join(f"{n} layers {t:.2f} s" for n, t in times.items()))
-    print(json.dumps(result, default=str))
+        results["compile_s_by_layers"] = {n: compile_seconds(cfg, args, n) for n in layers}
+    if args.json:
+        print(json.dumps(results, default=str))
+        return
+    print(f"{jax.device_count()} x {device.device_kind}, {args.dtype}, batch {args.batch} x {args.seq}, mesh {args.mesh}, "
+          f"median of {args.steps} interleaved steps" + (f", torch {results['torch_threads']} threads" if use_torch else ""))
+    print("\n".join(lines))
+    if "compile_s_by_layers" in results:
+        print("compile time (scan over layers): " + ", ".join(
+            f"{n} layers {t:.2f} s" for n, t in results["compile_s_by_layers"].items()))
 
 
 if __name__ == "__main__":

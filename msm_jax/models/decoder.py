@@ -46,7 +46,10 @@ class Linear(nnx.Module):
         self.lora = None  # a LoRA adapter module (msm_jax.models.lora), set when LoRA is applied
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.dot(x, self.kernel[...].astype(x.dtype))
+        # One [tokens, in] @ [in, out] dot: XLA:CPU runs a folded 2-D matmul (and its
+        # gradient) markedly faster than the batched 3-D form (FACTS.md, 814 -> 590 ms/step).
+        lead = x.shape[:-1]
+        y = jnp.dot(x.reshape(-1, x.shape[-1]), self.kernel[...].astype(x.dtype)).reshape(*lead, -1)
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
         if self.lora is not None:
