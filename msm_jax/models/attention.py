@@ -37,19 +37,26 @@ def attention_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, q_offset
 
 
 def xla_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0):
-    """Reference path: explicit GQA einsums and a masked fp32 softmax."""
+    """Reference path: GQA as batched matmuls over [B, KV, group*T, D] and a masked fp32 softmax.
+
+    Heads come first and each KV head's query group is folded into the query dimension, so
+    both dots (and their gradients) are plain batched matmuls over (B, KV) and the large
+    [.., T, S] score tensors are never transposed; only the small q/k/v/output are.
+    """
     b, t, h, d = q.shape
-    kv_heads = k.shape[2]
+    s, kv_heads = k.shape[1], k.shape[2]
     group = h // kv_heads
-    q = q.reshape(b, t, kv_heads, group, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(d))
+    q = q * jnp.asarray(1.0 / jnp.sqrt(jnp.float32(d)), q.dtype)
+    q = q.reshape(b, t, kv_heads, group, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, group * t, d)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, S, D]
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
+    scores = scores.reshape(b, kv_heads, group, t, s)
     mask = attention_mask(q_segment_ids, kv_segment_ids, q_offset)[:, None, None]
     # A finite fill keeps fully masked (padding) rows NaN-free; their outputs are unused.
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, d)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv_heads, group * t, s)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v)
+    return out.reshape(b, kv_heads, group, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
 def cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0):
