@@ -120,6 +120,12 @@ class Sampler:
         model = nnx.merge(self.graphdef, state)
         batch = logits.shape[0]
         seg = jnp.ones((batch, 1), jnp.int32)
+        # Weights and cache split into per-layer arrays once per chunk: the steps then update
+        # each layer's cache in place and read each layer's weights without slicing copies.
+        layers = model.split_layers()
+        axes = ("batch", "length", "act_kv_heads", "head_dim")
+        per_layer = lambda xs: [constrain(x, axes) for x in xs]  # noqa: E731
+        cache = {**cache, "k": per_layer(cache["k"]), "v": per_layer(cache["v"])}
 
         def step(i, carry):
             cache, logits, next_pos, done, out = carry
@@ -130,12 +136,14 @@ class Sampler:
             tok = jnp.where(done, self.pad_id, tok)
             out = out.at[:, i].set(tok)
             done = done | jnp.any(tok[:, None] == eos_ids[None, :], axis=-1)
-            new_logits, cache = model(tok[:, None], next_pos[:, None], seg, cache=cache)
-            return self._constrain_cache(cache), new_logits[:, 0], next_pos + 1, done, out
+            new_logits, cache = model(tok[:, None], next_pos[:, None], seg, cache=cache, layers=layers)
+            cache = {**cache, "k": per_layer(cache["k"]), "v": per_layer(cache["v"])}
+            return cache, new_logits[:, 0], next_pos + 1, done, out
 
         out = jnp.zeros((batch, steps), jnp.int32)
         cache, logits, next_pos, done, out = jax.lax.fori_loop(
             0, steps, step, (cache, logits, next_pos, done, out))
+        cache = self._constrain_cache({**cache, "k": jnp.stack(cache["k"]), "v": jnp.stack(cache["v"])})
         return cache, logits, next_pos, done, out
 
     def _logprobs_fn(self, state, tokens, segment_ids):

@@ -169,8 +169,19 @@ class Decoder(nnx.Module):
         x = jnp.take(table, tokens, axis=0).astype(DTYPES[self.cfg.compute_dtype])
         return constrain(x, ("batch", "length", "act_embed"))
 
-    def hidden_states(self, tokens, positions=None, segment_ids=None, cache: Optional[KVCache] = None):
-        """Final-norm hidden states [B, T, d] (and the updated cache when given one)."""
+    def split_layers(self) -> list:
+        """Per-layer parameter states (static slices of the stacked layers), for `layers=`."""
+        _, layer_state = nnx.split(self.layers)
+        return [jax.tree.map(lambda a: a[i], layer_state) for i in range(self.cfg.num_layers)]
+
+    def hidden_states(self, tokens, positions=None, segment_ids=None, cache: Optional[KVCache] = None,
+                      layers: Optional[list] = None):
+        """Final-norm hidden states [B, T, d] (and the updated cache when given one).
+
+        `layers` (from `split_layers`, with the cache's k and v as per-layer lists) runs the
+        layers unrolled on those per-layer arrays: a decode loop that splits once outside the
+        loop then copies neither weights nor cache per token (a scan slices both every call).
+        """
         cfg = self.cfg
         if segment_ids is None:
             segment_ids = jnp.ones(tokens.shape, jnp.int32)
@@ -192,7 +203,13 @@ class Decoder(nnx.Module):
         if cfg.remat_policy != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
         kv_xs = None if cache is None else (cache["k"], cache["v"])
-        if cfg.scan_layers:
+        if layers is not None:
+            outs = []
+            for i, params in enumerate(layers):
+                x, kv_i = body(x, (params, None if cache is None else (cache["k"][i], cache["v"][i])))
+                outs.append(kv_i)
+            new_kv = None if cache is None else ([kv[0] for kv in outs], [kv[1] for kv in outs])
+        elif cfg.scan_layers:
             x, new_kv = jax.lax.scan(body, x, (layer_state, kv_xs))
         else:
             outs = []
@@ -218,8 +235,9 @@ class Decoder(nnx.Module):
         logits = constrain(logits, ("batch", "length", "act_vocab"))
         return mask_padded_vocab(logits, self.cfg.vocab_size)
 
-    def __call__(self, tokens, positions=None, segment_ids=None, cache: Optional[KVCache] = None):
-        hidden, new_cache = self.hidden_states(tokens, positions, segment_ids, cache)
+    def __call__(self, tokens, positions=None, segment_ids=None, cache: Optional[KVCache] = None,
+                 layers: Optional[list] = None):
+        hidden, new_cache = self.hidden_states(tokens, positions, segment_ids, cache, layers)
         logits = self.logits(hidden)
         return logits if cache is None else (logits, new_cache)
 
