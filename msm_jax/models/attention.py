@@ -50,11 +50,12 @@ def xla_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0):
     q = q.reshape(b, t, kv_heads, group, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, group * t, d)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, S, D]
     scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
-    scores = scores.reshape(b, kv_heads, group, t, s)
-    mask = attention_mask(q_segment_ids, kv_segment_ids, q_offset)[:, None, None]
+    # The mask tiled over the group (row g*T + t is query t) keeps scores, softmax and the
+    # second dot in one shape, so the backward pass saves the probabilities once.
+    mask = jnp.tile(attention_mask(q_segment_ids, kv_segment_ids, q_offset), (1, group, 1))[:, None]
     # A finite fill keeps fully masked (padding) rows NaN-free; their outputs are unused.
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv_heads, group * t, s)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkqs,bksd->bkqd", probs, v)
     return out.reshape(b, kv_heads, group, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 

@@ -86,6 +86,7 @@ class Attention(nnx.Module):
         cfg = self.cfg
         b, t, _ = x.shape
         hd = cfg.resolved_head_dim
+        x = x.reshape(b * t, -1)  # one [tokens, d] view for q/k/v: the backward pass saves it once, not thrice
         q = self.q_proj(x).reshape(b, t, cfg.num_heads, hd)
         k = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, hd)
         v = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, hd)
@@ -118,9 +119,13 @@ class MLP(nnx.Module):
         self.down_proj = Linear(f, d, ("mlp", "embed"), bias=False, cfg=cfg, rngs=rngs)
 
     def __call__(self, x):
+        # On one [tokens, d] view, so each activation is saved once for the backward pass
+        # (a 3-D value and its 2-D reshape for a dot would be saved as two).
+        lead = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])
         h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
-        h = constrain(h, ("batch", "length", "act_mlp"))
-        return self.down_proj(h)
+        h = constrain(h, ("batch", "act_mlp"))
+        return self.down_proj(h).reshape(*lead, -1)
 
 
 class Block(nnx.Module):
