@@ -70,13 +70,15 @@ def local_root() -> Path:
 
 
 def use_emulator_from_env(environ=os.environ) -> None:
-    """With STORAGE_EMULATOR_HOST set, point tensorstore (Orbax) at the same emulator and keep
+    """With STORAGE_EMULATOR_HOST set (`host:port` or a URL), point tensorstore (Orbax) at the
+    same emulator, give the variable the scheme google-cloud-storage expects, and keep
     gcsfs and google-auth from probing the metadata server or a gRPC endpoint the emulator
     lacks. Called when every `msm` command starts; stages it launches inherit the result."""
     host = environ.get("STORAGE_EMULATOR_HOST")
     if not host or host == "default":
         return
     url = host if host.startswith(("http://", "https://")) else f"http://{host}"
+    environ["STORAGE_EMULATOR_HOST"] = url  # google-cloud-storage (which Orbax calls) needs the scheme
     environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
     environ.setdefault("NO_GCE_CHECK", "true")
     environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
@@ -124,7 +126,11 @@ def filesystem():
     except ImportError as e:
         raise RemoteUnavailable(f"cannot reach Cloud Storage from here ({e}); `pip install gcsfs` and "
                                 "`gcloud auth application-default login`, or run on a TPU VM") from None
-    return gcsfs.GCSFileSystem(token="anon" if _emulator() else None, use_listings_cache=False)
+    emulator = _emulator()
+    if emulator:  # the endpoint is part of gcsfs's instance cache key: one instance per emulator
+        url = emulator if "://" in emulator else f"http://{emulator}"
+        return gcsfs.GCSFileSystem(token="anon", endpoint_url=url, use_listings_cache=False)
+    return gcsfs.GCSFileSystem(use_listings_cache=False)
 
 
 def _fs(path: PathLike):
