@@ -66,12 +66,18 @@ def run_generate(args) -> int:
         print(f"estimated total: ~${plan['est_total_usd']:.2f} (list prices, prompt cache on the spec"
               f"{', batch discount' if cfg.use_batch else ''}); nothing was spent")
         return 0
-    client = make_client(cfg.llm)
     run = msm_docs.generate_documents if args.what == "docs" else aft_chats.generate_chats
     target = cfg.out_dir
     out = storage.output_dir(target)  # gs://: a local folder, uploaded once the corpus is complete
+    store = storage.output_dir(cfg.llm.store_dir) if cfg.llm.store_dir else None
+    llm = dataclasses.replace(cfg.llm, store_dir=str(store.path)) if store else cfg.llm
     spec = storage.localize(cfg.spec) if cfg.spec else cfg.spec
-    report = run(dataclasses.replace(cfg, out_dir=str(out.path), spec=spec), client, progress=not args.no_progress)
+    try:
+        report = run(dataclasses.replace(cfg, out_dir=str(out.path), spec=spec, llm=llm), make_client(llm),
+                     progress=not args.no_progress)
+    finally:
+        if store:
+            store.commit()  # every answer paid for reaches the bucket, even when the run stops early
     print(json.dumps({k: report[k] for k in ("stopped", "calls_made", "calls_saved_by_store",
                                              "prompt_cache_read_share", "estimated_cost_usd", "gates")},
                      indent=1))

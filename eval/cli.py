@@ -85,7 +85,7 @@ def _run_eval(args) -> int:
 
 def _local(cfg):
     """The config with its gs:// paths made local: a copy of the HF model folder (and of the
-    transcripts `tags` reads), and a staging
+    pairs file, and of the transcripts `tags` reads), and a staging
     folder for out_dir (uploaded by the caller once the eval succeeded). Orbax checkpoints
     (backend.kind=jax) are read from gs:// in place."""
     import dataclasses
@@ -97,6 +97,8 @@ def _local(cfg):
     backend = getattr(cfg, "backend", None)
     if backend is not None and backend.kind != "jax" and backend.path:
         changes["backend"] = dataclasses.replace(backend, path=storage.localize(backend.path))
+    if getattr(cfg, "pairs", None):
+        changes["pairs"] = storage.localize(cfg.pairs)
     if getattr(cfg, "agentic_dir", None):
         changes["agentic_dir"] = storage.localize(cfg.agentic_dir)
     return dataclasses.replace(cfg, **changes), staged

@@ -247,7 +247,7 @@ def test_cut_down_demo_runs_with_out_on_gs_and_a_rerun_skips_every_stage(bucket,
         assert record["state"] == "done", d
     names = set(objects)
     assert any(n.startswith("generate/chats-") and n.endswith("/chats_nocot.jsonl") for n in names)
-    assert any(n.startswith("tokenizer/") and n.endswith("/tokenizer/tokenizer.model") for n in names)
+    assert any(n.startswith("tokenizer/") and n.endswith("/tokenizer.model") for n in names)
     assert sum(n.startswith("shards/") and n.endswith("/manifest.json") for n in names) == 2
     for kind in ("pretrain", "sft"):  # checkpoints through Orbax, metrics through the staging upload
         assert any(n.startswith(f"{kind}/") and "/checkpoints/2/" in n for n in names), kind
