@@ -85,8 +85,11 @@ def use_emulator_from_env(environ=os.environ) -> None:
 
 
 def _emulator() -> Optional[str]:
+    """The emulator's URL (with its scheme), or None for real Cloud Storage."""
     host = os.environ.get("STORAGE_EMULATOR_HOST")
-    return None if not host or host == "default" else host
+    if not host or host == "default":
+        return None
+    return host if host.startswith(("http://", "https://")) else f"http://{host}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -109,10 +112,10 @@ def _check(path: PathLike) -> None:
                                 "digits, dashes, dots)")
     emulator = _emulator()
     if emulator:
-        url = urlparse(emulator if "://" in emulator else f"http://{emulator}")
+        url = urlparse(emulator)
         if not _reachable(url.hostname or "", url.port or 80, False):
             raise RemoteUnavailable(f"{path}: no Cloud Storage emulator answers at "
-                                    f"STORAGE_EMULATOR_HOST={emulator}")
+                                    f"STORAGE_EMULATOR_HOST={os.environ['STORAGE_EMULATOR_HOST']}")
     elif not _reachable(_GCS_HOST, 443, True):
         raise RemoteUnavailable(f"{path}: cannot reach Cloud Storage from here ({_GCS_HOST} does not resolve)")
 
@@ -127,9 +130,11 @@ def filesystem():
         raise RemoteUnavailable(f"cannot reach Cloud Storage from here ({e}); `pip install gcsfs` and "
                                 "`gcloud auth application-default login`, or run on a TPU VM") from None
     emulator = _emulator()
-    if emulator:  # the endpoint is part of gcsfs's instance cache key: one instance per emulator
-        url = emulator if "://" in emulator else f"http://{emulator}"
-        return gcsfs.GCSFileSystem(token="anon", endpoint_url=url, use_listings_cache=False)
+    if emulator:  # the endpoint is part of gcsfs's instance cache key: one instance per emulator.
+        # The plain JSON-API class: gcsfs's default one may be its experimental subclass (chosen when
+        # gcsfs is first imported), whose gRPC bucket-type probe hangs against an emulator.
+        from gcsfs.core import GCSFileSystem
+        return GCSFileSystem(token="anon", endpoint_url=emulator, use_listings_cache=False)
     return gcsfs.GCSFileSystem(use_listings_cache=False)
 
 
@@ -287,7 +292,7 @@ def localize(path: PathLike) -> str:
 
 
 def _is_leader() -> bool:
-    """Process 0 uploads; under a multi-host job the others stage into a folder of their own."""
+    """Process 0 of a multi-host job (or the only process) downloads and uploads outputs."""
     jax = sys.modules.get("jax")
     return jax is None or jax.process_index() == 0
 

@@ -52,10 +52,6 @@ def emulator(tmp_path_factory):
                 mp.setenv(name, "")  # recorded, so that what msm derives is undone after the module
                 mp.delenv(name)
             mp.setenv("STORAGE_EMULATOR_HOST", f"127.0.0.1:{port}")
-            from google.auth.compute_engine import _metadata
-            # google-auth reads NO_GCE_CHECK when imported, and this process imported it already:
-            # without this, Orbax's own gcsfs client probes the metadata server for ~15 s.
-            mp.setattr(_metadata, "_NO_GCE_CHECK", True)
             yield f"127.0.0.1:{port}"
     finally:
         server.terminate()
@@ -87,24 +83,37 @@ def test_emulator_host_alone_configures_tensorstore_and_gcsfs_without_overriding
     assert env == {}  # real Cloud Storage: nothing set
 
 
+ORBAX_ROUND_TRIP = """
+import sys
+import jax.numpy as jnp
+import numpy as np
+from msm_jax import checkpoint, storage
+from msm_jax.config import CONFIGS_DIR, load_config
+from msm_jax.models.config import ModelConfig
+
+storage.use_emulator_from_env()  # what every `msm` command does first
+directory = sys.argv[1]
+params = {"w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3)}
+cfg = load_config(ModelConfig, CONFIGS_DIR / "models" / "tiny-llama.yaml")
+checkpoint.save_params(directory, params, checkpoint.make_meta(cfg))
+assert checkpoint.read_meta(directory)["model"]["hidden_size"] == cfg.hidden_size
+restored = checkpoint.restore_params(directory, params)
+assert np.array_equal(np.asarray(restored["w"]), np.asarray(params["w"]))
+"""
+
+
 def test_orbax_checkpoint_round_trips_through_the_emulator_from_the_host_variable_alone(emulator, bucket):
-    import numpy as np
+    """In a fresh process, as a stage runs: tensorstore, google-cloud-storage (Orbax's bucket
+    checks) and gcsfs (etils) all reach the emulator with only STORAGE_EMULATOR_HOST set."""
+    import sys
 
-    from msm_jax import checkpoint
-    from msm_jax.config import CONFIGS_DIR, load_config
-    from msm_jax.models.config import ModelConfig
-
-    storage.use_emulator_from_env()  # what `msm` does at startup
-    assert os.environ["TENSORSTORE_GCS_HTTP_URL"] == os.environ["STORAGE_EMULATOR_HOST"] == f"http://{emulator}"
-    import jax.numpy as jnp
-
-    params = {"w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3)}
-    cfg = load_config(ModelConfig, CONFIGS_DIR / "models" / "tiny-llama.yaml")
-    checkpoint.save_params(f"{bucket}/ckpt", params, checkpoint.make_meta(cfg))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TENSORSTORE_GCS_HTTP_URL", "NO_GCE_CHECK", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")}
+    env["STORAGE_EMULATOR_HOST"] = emulator
+    proc = subprocess.run([sys.executable, "-c", ORBAX_ROUND_TRIP, f"{bucket}/ckpt"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert storage.exists(f"{bucket}/ckpt/0/params/manifest.ocdbt")
-    assert checkpoint.read_meta(f"{bucket}/ckpt")["model"]["hidden_size"] == cfg.hidden_size
-    restored = checkpoint.restore_params(f"{bucket}/ckpt", params)
-    assert np.array_equal(np.asarray(restored["w"]), np.asarray(params["w"]))
 
 
 # -- small operations ---------------------------------------------------------------------------
@@ -203,6 +212,17 @@ def test_a_second_machine_resumes_from_what_the_first_uploaded(bucket, tmp_path,
     uploaded = storage.list_files(target)["part-0.jsonl"]["version"]
     second.commit()  # nothing changed: nothing uploaded again
     assert storage.list_files(target)["part-0.jsonl"]["version"] == uploaded
+
+
+def test_under_multi_host_only_process_0_downloads_and_uploads(bucket, monkeypatch):
+    storage.write_text(f"{bucket}/export/old.txt", "old")
+    monkeypatch.setattr(storage, "_is_leader", lambda: False)
+    other = storage.output_dir(f"{bucket}/export")
+    assert not other.path.exists()  # process 0 fills the shared path; the others wait for its files
+    other.path.mkdir(parents=True)
+    (other.path / "from-process-1.txt").write_text("x")
+    other.commit()
+    assert sorted(storage.list_files(f"{bucket}/export")) == ["old.txt"]
 
 
 def test_a_local_output_folder_is_used_as_it_is(tmp_path):
