@@ -111,15 +111,21 @@ def _headline(summary: dict) -> dict:
 
 
 def _run_report(args) -> int:
+    from pathlib import Path
+
     from eval.report import write_report
+    from msm_jax import storage
     from msm_jax.errors import UserError
     runs = []
     for item in args.runs:
         label, sep, path = item.partition("=")
         if not sep or not label or not path:
             raise UserError(f"run {item!r} must look like LABEL=EVAL_DIR")
-        runs.append((label, path))
-    print(f"wrote {write_report(runs, args.out)}")
+        runs.append((label, storage.localize(path)))  # gs:// eval folders: read from local copies
+    staged = storage.output_dir(args.out)  # gs://: a local folder, uploaded once the report is written
+    report = write_report(runs, str(staged.path))
+    staged.commit()
+    print(f"wrote {storage.join(args.out, Path(report).name) if staged.remote else report}")
     return 0
 
 
