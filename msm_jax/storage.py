@@ -34,8 +34,9 @@ PathLike = Union[str, os.PathLike]
 SCHEME = "gs://"
 LOCAL_DIR_ENV = "MSM_LOCAL_DIR"
 _GCS_HOST = "storage.googleapis.com"
-# Left out of the staging copy of an output folder: the experiment runner writes these itself.
-RUNNER_FILES = ("stage.json", "stage.log")
+# Left out of the staging copy of an output folder: the experiment runner writes these itself
+# (stage.json, stage.log, and stage.pN.log per process of a multi-host stage).
+RUNNER_FILE_PATTERN = re.compile(r"stage(\.p\d+)?\.log|stage\.json")
 
 
 class RemoteUnavailable(UserError):
@@ -328,7 +329,7 @@ class StagedOutput:
         return {n: (f["size"], int(f["version"])) for n, f in list_files(self.path).items() if self._staged(n)}
 
     def _staged(self, name: str) -> bool:
-        return name not in RUNNER_FILES and self.include(name)
+        return not RUNNER_FILE_PATTERN.fullmatch(name) and self.include(name)
 
     def commit(self) -> None:
         """Upload new and changed files in the order they were written, then remove the remote

@@ -106,7 +106,8 @@ def run_stage(stage: Stage, launcher: Launcher, context: dict) -> None:
     outcome = launcher.run(stage, log)
     remote = paths.routed(stage.dir) or stage.dir
     if paths.is_remote(remote) and log.is_file():  # before the done-record, which comes last
-        storage.upload(log.parent, remote, [LOG_FILE])
+        storage.upload(log.parent, remote, sorted(p.name for p in log.parent.iterdir()
+                                                  if storage.RUNNER_FILE_PATTERN.fullmatch(p.name)))
     manifest.mark_finished(stage, outcome.returncode == 0, time.time() - start, {"returncode": outcome.returncode})
     if outcome.returncode != 0:
         shown = outcome.log or log
