@@ -68,7 +68,7 @@ def _is_log_file(name: str) -> bool:
 
 def _log_dir(cfg: RunConfig):
     """run_dir for metrics, config and summary; for a gs:// run_dir a local staging folder,
-    uploaded when the run ends (checkpoints go to gs:// through Orbax meanwhile)."""
+    uploaded at each checkpoint and when the run ends (checkpoints go to gs:// through Orbax)."""
     from msm_jax import storage
 
     return storage.output_dir(cfg.run_dir, include=_is_log_file)
@@ -336,6 +336,7 @@ class Trainer:
                     preempted = preemption.agreed()
                     if done % cfg.checkpoint.every_steps == 0 or done == self.total_steps or preempted:
                         self._save(mngr, state, done)
+                        self.log_out.commit()  # gs:// run_dir: the metrics so far travel with each checkpoint
                         last_saved = done
                     if preempted:
                         status = "preempted"
