@@ -4,6 +4,7 @@ end-to-end run of a cut-down demo (every stage command for real, tiny step count
 import json
 import re
 
+import pytest
 import yaml
 
 from eval.value_generalization import load_pairs, pair_chat
@@ -58,6 +59,7 @@ def test_demo_dry_run_needs_no_network_and_writes_nothing(tmp_path, capsys, monk
     assert not (tmp_path / "demo").exists()
 
 
+@pytest.mark.slow
 def test_cut_down_demo_runs_every_real_stage_and_writes_the_report(tmp_path, monkeypatch):
     """The demo with only the AFT-only arm and two steps per train stage."""
     monkeypatch.chdir(REPO_ROOT)
