@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/msm demo
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n 2 --dist loadfile tests   # two workers (CI has 2 cores); one file per worker at a time
 
 clean:
 	rm -rf $(VENV) build *.egg-info

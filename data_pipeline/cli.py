@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,8 +16,8 @@ def add_parser(subparsers) -> None:
         description="Train a SentencePiece model (BPE by default) on .txt lines or the text / chat contents "
                     "of .jsonl files. The chat-template special tokens (Llama 3 headers, ChatML, <think>) are "
                     "added as user-defined symbols, so tiny models can use the real templates.")
-    train.add_argument("inputs", nargs="+", type=Path, help="corpus files (.txt or .jsonl)")
-    train.add_argument("--out", type=Path, required=True, help="output path; writes OUT.model")
+    train.add_argument("inputs", nargs="+", help="corpus files (.txt or .jsonl; local or gs://)")
+    train.add_argument("--out", required=True, help="output path (local or gs://); writes OUT.model")
     train.add_argument("--vocab-size", type=int, default=2000)
     train.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
     train.add_argument("--symbol", action="append", default=[], help="extra user-defined symbol (repeatable)")
@@ -40,22 +41,29 @@ def add_parser(subparsers) -> None:
 
 def run_tokenizer_train(args: argparse.Namespace) -> int:
     from data_pipeline.tokenizer import train_sentencepiece
+    from msm_jax import storage
     from msm_jax.errors import UserError
 
-    for path in args.inputs:
+    inputs = [Path(storage.localize(path)) for path in args.inputs]  # gs://: a local copy
+    for given, path in zip(args.inputs, inputs):
         if not path.is_file():
-            raise UserError(f"{path}: corpus file not found")
-    out_prefix = args.out.with_suffix("") if args.out.suffix == ".model" else args.out
-    path = train_sentencepiece(args.inputs, out_prefix, vocab_size=args.vocab_size, model_type=args.model_type,
+            raise UserError(f"{given}: corpus file not found")
+    folder, _, name = args.out.rstrip("/").rpartition("/")
+    out = storage.output_dir(folder or ".")  # gs://: a local folder, uploaded when the model is written
+    name = name[:-len(".model")] if name.endswith(".model") else name
+    path = train_sentencepiece(inputs, out.path / name, vocab_size=args.vocab_size, model_type=args.model_type,
                                extra_symbols=args.symbol)
     from data_pipeline.tokenizer import load_tokenizer
 
-    print(f"wrote {path} (vocab size {load_tokenizer(path).vocab_size})")
+    vocab_size = load_tokenizer(path).vocab_size
+    out.commit()
+    print(f"wrote {storage.join(folder, path.name) if folder else path} (vocab size {vocab_size})")
     return 0
 
 
 def run_shards(args: argparse.Namespace) -> int:
     from data_pipeline.shards import ShardsConfig, build_shards
+    from msm_jax import storage
     from msm_jax.config import load_config
 
     overrides = list(args.overrides)
@@ -66,7 +74,9 @@ def run_shards(args: argparse.Namespace) -> int:
     if args.skip_bad:
         overrides.append("skip_bad=true")
     cfg = load_config(ShardsConfig, args.config, overrides)
-    manifest = build_shards(cfg, force=args.force, overwrite=args.overwrite)
+    out = storage.output_dir(cfg.out)  # gs://: a local folder, uploaded once the shards are built
+    manifest = build_shards(dataclasses.replace(cfg, out=str(out.path)), force=args.force, overwrite=args.overwrite)
+    out.commit()
     counts, overlong = manifest["counts"], manifest["overlong"]
     dropped = (f", {overlong['dropped']} over-long dropped ({overlong['tokens_dropped']} tokens)"
                if overlong["dropped"] else "")

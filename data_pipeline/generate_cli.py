@@ -4,6 +4,7 @@ environment variable named by llm.api_key_env and is never printed or stored."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -51,6 +52,7 @@ def flag_overrides(args) -> list[str]:
 def run_generate(args) -> int:
     from data_pipeline import aft_chats, msm_docs
     from data_pipeline.llm import make_client
+    from msm_jax import storage
     from msm_jax.config import load_config
 
     module = msm_docs if args.what == "docs" else aft_chats
@@ -64,18 +66,29 @@ def run_generate(args) -> int:
         print(f"estimated total: ~${plan['est_total_usd']:.2f} (list prices, prompt cache on the spec"
               f"{', batch discount' if cfg.use_batch else ''}); nothing was spent")
         return 0
-    client = make_client(cfg.llm)
     run = msm_docs.generate_documents if args.what == "docs" else aft_chats.generate_chats
-    report = run(cfg, client, progress=not args.no_progress)
+    target = cfg.out_dir
+    out = storage.output_dir(target)  # gs://: a local folder, uploaded once the corpus is complete
+    store = storage.output_dir(cfg.llm.store_dir) if cfg.llm.store_dir else None
+    llm = dataclasses.replace(cfg.llm, store_dir=str(store.path)) if store else cfg.llm
+    spec = storage.localize(cfg.spec) if cfg.spec else cfg.spec
+    try:
+        report = run(dataclasses.replace(cfg, out_dir=str(out.path), spec=spec, llm=llm), make_client(llm),
+                     progress=not args.no_progress)
+    finally:
+        if store:
+            store.commit()  # every answer paid for reaches the bucket, even when the run stops early
     print(json.dumps({k: report[k] for k in ("stopped", "calls_made", "calls_saved_by_store",
                                              "prompt_cache_read_share", "estimated_cost_usd", "gates")},
                      indent=1))
-    print(f"wrote {cfg.out_dir}", file=sys.stderr)
     if report["stopped"].startswith("spend_limit"):
+        print(f"wrote {out.path}", file=sys.stderr)
         return 3   # stopped by --max-spend: a rerun with a higher limit continues
     produced = report["documents"] if args.what == "docs" else report["chats"]
     if produced == 0:
         print(f"msm: error: generate {args.what} produced nothing (stopped: {report['stopped']}); "
-              f"see the gates in {cfg.out_dir}", file=sys.stderr)
+              f"see the gates in {out.path}", file=sys.stderr)
         return 1
+    out.commit()
+    print(f"wrote {target}", file=sys.stderr)
     return 0

@@ -25,6 +25,7 @@ from typing import Optional
 import numpy as np
 
 from data_pipeline.packing import FIELDS, decode_row
+from msm_jax import storage
 from msm_jax.config import ConfigError
 from msm_jax.errors import UserError
 
@@ -131,12 +132,13 @@ class StepLoader:
         self.seed = seed
         self.process_index = process_index
         self.process_count = process_count
-        self.manifests = [read_manifest(src.path) for src in cfg.sources]
+        local = [storage.localize(src.path) for src in cfg.sources]  # gs:// shards: read from a local copy
+        self.manifests = [read_manifest(d) for d in local]
         self._rows = []  # per source: Grain MapDataset of records; index d = d-th draw (wraps per epoch)
-        for s, (src, manifest) in enumerate(zip(cfg.sources, self.manifests)):
+        for s, (src, shard_dir, manifest) in enumerate(zip(cfg.sources, local, self.manifests)):
             if manifest["seq_len"] != seq_len:
                 raise UserError(f"{src.path}: shards have seq_len {manifest['seq_len']}, the run asks for {seq_len}")
-            source = open_rows(src.path, manifest)
+            source = open_rows(shard_dir, manifest)
             if len(source) != manifest["num_rows"] or len(source) == 0:
                 raise UserError(f"{src.path}: manifest says {manifest['num_rows']} rows, files hold {len(source)}")
             rows = grain.MapDataset.source(source)

@@ -28,6 +28,7 @@ from data_pipeline.chat_templates import (DOC_BOS, DOC_EOS, DEFAULT_TEMPLATE, Ch
 from data_pipeline.jsonl import BadLine, ReadStats, parse_chat, parse_document, read_jsonl
 from data_pipeline.packing import PackStats, Sequence
 from data_pipeline.tokenizer import Tokenizer, file_sha256, load_tokenizer
+from msm_jax import storage
 from msm_jax.config import config_hash, to_dict
 from msm_jax.errors import UserError
 from msm_jax.models.config import ModelConfig
@@ -123,7 +124,7 @@ def tokenize_inputs(cfg: ShardsConfig, tokenizer: Tokenizer) -> tuple[list[Seque
 
     seqs, kinds, reports = [], [], []
     for inp in cfg.inputs:
-        path = Path(inp.path)
+        path = Path(storage.localize(inp.path))  # gs://: a local copy
         stats = ReadStats()
         lines = read_jsonl(path, record_tokenizer(inp.kind, cfg, tokenizer), skip_bad=cfg.skip_bad, stats=stats)
         for _, seq in tqdm(lines, desc=f"tokenize {path.name}", unit=" lines", disable=None):
@@ -134,7 +135,7 @@ def tokenize_inputs(cfg: ShardsConfig, tokenizer: Tokenizer) -> tuple[list[Seque
         if not stats.records:
             raise UserError(f"{path}: no usable records: all {stats.lines} lines skipped "
                             f"({', '.join(f'{n} {r}' for r, n in sorted(stats.skipped.items()))})")
-        reports.append({"path": str(path), "kind": inp.kind, "sha256": file_sha256(path), **stats.to_dict()})
+        reports.append({"path": inp.path, "kind": inp.kind, "sha256": file_sha256(path), **stats.to_dict()})
     return seqs, kinds, reports
 
 
@@ -206,7 +207,7 @@ def build_shards(cfg: ShardsConfig, *, force: bool = False, overwrite: bool = Fa
     and a reader never trusts a half-replaced set. Files msm did not write are never touched."""
     out = Path(cfg.out)
     for inp in cfg.inputs:
-        if not Path(inp.path).is_file():
+        if not Path(storage.localize(inp.path)).is_file():
             raise UserError(f"{inp.path}: input file not found")
     cfg_tree = identity_config(cfg)
     tokenizer = load_tokenizer(cfg.tokenizer)
@@ -215,7 +216,7 @@ def build_shards(cfg: ShardsConfig, *, force: bool = False, overwrite: bool = Fa
                         f"vocab_size {cfg.model.vocab_size}")
     check_chat_tokens(cfg, tokenizer)
     cfg_hash = config_hash({"config": cfg_tree, "tokenizer": tokenizer.identity["sha256"]})
-    if not force and up_to_date(out, [file_sha256(Path(i.path)) for i in cfg.inputs], cfg_hash):
+    if not force and up_to_date(out, [file_sha256(Path(storage.localize(i.path))) for i in cfg.inputs], cfg_hash):
         return json.loads((out / "manifest.json").read_text())
 
     created = not out.exists()

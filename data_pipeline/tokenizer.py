@@ -111,8 +111,10 @@ class HFTokenizer(Tokenizer):
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """A `.model` file (SentencePiece), a `tokenizer.json`, or a folder holding one."""
-    p = Path(path)
+    """A `.model` file (SentencePiece), a `tokenizer.json`, or a folder holding one (local or gs://)."""
+    from msm_jax import storage
+
+    p = Path(storage.localize(path))
     if p.is_dir():
         candidates = [p / "tokenizer.json", p / "tokenizer.model", *sorted(p.glob("*.model"))]
         found = [c for c in candidates if c.is_file()]

@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 import yaml
 
 from eval.backends import Backend, BackendConfig, Chat
-from eval.judge import JudgeConfig, ask, load_prompt, parse_yes_no, tag
+from eval.judge import JUDGE_LEDGER, JudgeConfig, ask, load_prompt, parse_yes_no, tag
 from eval.records import append_jsonl, read_jsonl, write_json
 from eval.stats import mean_of_rates_summary, rate_summary
 from msm_jax import distributed
@@ -198,7 +198,7 @@ def judge_transcripts(cfg: AgenticConfig, data: dict, transcripts: Sequence[dict
         scenario = data["scenarios"][t["scenario"]]
         prompts.append(template.format(harm=scenario["harm"], inbox=t["prompt"][-1]["content"],
                                        transcript=t["response"]))
-    answers = ask(cfg.judge, prompts, stage="eval-agentic", client=client)
+    answers = ask(cfg.judge, prompts, stage="eval-agentic", client=client, ledger=path.parent / JUDGE_LEDGER)
     rows = []
     for t, answer in zip(todo, answers):
         if answer is None:

@@ -57,29 +57,51 @@ def _run_eval(args) -> int:
     name = args.eval_name
     if name == "value":
         from eval import value_generalization as mod
-        cfg = load_config(mod.ValueGenConfig, args.config, args.overrides)
+        cfg, staged = _local(load_config(mod.ValueGenConfig, args.config, args.overrides))
         mod.load_pairs(cfg.pairs, cfg.value)  # a bad pair file fails before the model loads
         summary = mod.evaluate(_backend(cfg), cfg)
     elif name == "agentic":
         from eval import agentic as mod
-        cfg = load_config(mod.AgenticConfig, args.config, args.overrides)
+        cfg, staged = _local(load_config(mod.AgenticConfig, args.config, args.overrides))
         summary = mod.evaluate(_backend(cfg, args.judge_only), cfg)
     elif name == "spec-qa":
         from eval import spec_qa as mod
-        cfg = load_config(mod.SpecQAConfig, args.config, args.overrides)
+        cfg, staged = _local(load_config(mod.SpecQAConfig, args.config, args.overrides))
         summary = mod.evaluate(_backend(cfg, args.judge_only), cfg)
     elif name == "inspect":
         from eval import inspect_eval as mod
-        cfg = load_config(mod.InspectConfig, args.config, args.overrides)
+        cfg, staged = _local(load_config(mod.InspectConfig, args.config, args.overrides))
         summary = mod.evaluate(cfg)
     else:
         from eval import reasoning_tags as mod
-        cfg = load_config(mod.ReasoningTagsConfig, args.config, args.overrides)
+        cfg, staged = _local(load_config(mod.ReasoningTagsConfig, args.config, args.overrides))
         summary = mod.evaluate(cfg) if distributed.is_leader() else None  # API calls only: once
     distributed.barrier(f"eval {name} finished", timeout_s=LEADER_WAIT_S)
+    staged.commit()
     if distributed.is_leader():
         print(json.dumps(_headline(summary), indent=2))
     return 0
+
+
+def _local(cfg):
+    """The config with its gs:// paths made local: a copy of the HF model folder (and of the
+    pairs file, and of the transcripts `tags` reads), and a staging
+    folder for out_dir (uploaded by the caller once the eval succeeded). Orbax checkpoints
+    (backend.kind=jax) are read from gs:// in place."""
+    import dataclasses
+
+    from msm_jax import storage
+
+    staged = storage.output_dir(cfg.out_dir)
+    changes = {"out_dir": str(staged.path)}
+    backend = getattr(cfg, "backend", None)
+    if backend is not None and backend.kind != "jax" and backend.path:
+        changes["backend"] = dataclasses.replace(backend, path=storage.localize(backend.path))
+    if getattr(cfg, "pairs", None):
+        changes["pairs"] = storage.localize(cfg.pairs)
+    if getattr(cfg, "agentic_dir", None):
+        changes["agentic_dir"] = storage.localize(cfg.agentic_dir)
+    return dataclasses.replace(cfg, **changes), staged
 
 
 def _headline(summary: dict) -> dict:
@@ -89,15 +111,21 @@ def _headline(summary: dict) -> dict:
 
 
 def _run_report(args) -> int:
+    from pathlib import Path
+
     from eval.report import write_report
+    from msm_jax import storage
     from msm_jax.errors import UserError
     runs = []
     for item in args.runs:
         label, sep, path = item.partition("=")
         if not sep or not label or not path:
             raise UserError(f"run {item!r} must look like LABEL=EVAL_DIR")
-        runs.append((label, path))
-    print(f"wrote {write_report(runs, args.out)}")
+        runs.append((label, storage.localize(path)))  # gs:// eval folders: read from local copies
+    staged = storage.output_dir(args.out)  # gs://: a local folder, uploaded once the report is written
+    report = write_report(runs, str(staged.path))
+    staged.commit()
+    print(f"wrote {storage.join(args.out, Path(report).name) if staged.remote else report}")
     return 0
 
 

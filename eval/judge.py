@@ -16,6 +16,7 @@ from data_pipeline.llm.config import LLMConfig
 from msm_jax.errors import UserError
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "data" / "prompts"
+JUDGE_LEDGER = "judge_spend.jsonl"   # beside an eval's output: what every run of its judge has bought
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -32,14 +33,18 @@ def load_prompt(name: str) -> str:
 
 
 def ask(cfg: JudgeConfig, prompts: Sequence[str], *, stage: str, system: Optional[str] = None,
-        client=None) -> list[Optional[str]]:
+        client=None, ledger: Optional[Path] = None) -> list[Optional[str]]:
     """The judge's text for each prompt, in order; None where the call failed for good
     (the failure is not stored, so a rerun asks again). Stops with one line (UserError) at
-    the spend limit or at the first error retrying cannot fix (bad key, misspelt model)."""
+    the spend limit or at the first error retrying cannot fix (bad key, misspelt model).
+    `ledger` (a JSONL file beside the eval's output) makes the limit cover every run of
+    that eval, as generation's does: a rerun with the same limit buys nothing more."""
     from data_pipeline.llm import LLMError, LLMFailure, LLMRequest, LLMResponse, make_client
     if not prompts:
         return []
     client = client or make_client(cfg.llm)
+    if ledger is not None:
+        client.spend.open_ledger(ledger)
     reqs = [LLMRequest(model=cfg.model_id, system=system, messages=[{"role": "user", "content": p}],
                        max_tokens=cfg.max_tokens, temperature=cfg.temperature, metadata={"stage": stage})
             for p in prompts]
@@ -50,7 +55,8 @@ def ask(cfg: JudgeConfig, prompts: Sequence[str], *, stage: str, system: Optiona
     capped = [a for a in answers if isinstance(a, LLMFailure) and a.kind == "spend_limit"]
     if capped:
         raise UserError(f"judge: {capped[0].error}; every answer received is in the store, so rerunning with "
-                        f"a higher judge.llm.max_spend_usd continues where this stopped")
+                        f"a higher judge.llm.max_spend_usd continues where this stopped"
+                        + (f" (what earlier runs bought is counted from {ledger})" if ledger is not None else ""))
     out = []
     for a in answers:
         if isinstance(a, LLMResponse):

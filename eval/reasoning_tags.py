@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from eval.judge import JudgeConfig, ask, load_prompt, tag
+from eval.judge import JUDGE_LEDGER, JudgeConfig, ask, load_prompt, tag
 from eval.records import append_jsonl, read_jsonl, write_json
 from eval.stats import rate_summary
 from msm_jax.errors import UserError
@@ -68,7 +68,7 @@ def evaluate(cfg: ReasoningTagsConfig, client=None) -> dict:
     listing = "\n".join(f"- {name}: {desc}" for name, desc in categories.items())
     example = json.dumps({name: False for name in categories})
     prompts = [template.format(categories=listing, example=example, transcript=t["response"]) for t in todo]
-    replies = ask(cfg.judge, prompts, stage="eval-reasoning-tags", client=client)
+    replies = ask(cfg.judge, prompts, stage="eval-reasoning-tags", client=client, ledger=out / JUDGE_LEDGER)
     append_jsonl(out / "tags.jsonl", [{"key": t["key"], "scenario": t["scenario"], "judge_model": cfg.judge.model_id,
                                        "judge_text": r, "tags": parse_tags(r, categories)}
                                       for t, r in zip(todo, replies) if r is not None])

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from eval.backends import Backend, BackendConfig
-from eval.judge import JudgeConfig, ask, load_prompt, parse_score, tag
+from eval.judge import JUDGE_LEDGER, JudgeConfig, ask, load_prompt, parse_score, tag
 from eval.records import append_jsonl, read_jsonl, write_json
 from eval.stats import mean_summary
 from eval.value_generalization import REPO_ROOT
@@ -103,7 +103,8 @@ def evaluate(backend: Optional[Backend], cfg: SpecQAConfig, client=None) -> Opti
     prompts = [template.format(category=a["category"], question=a["question"], answer=a["answer"]) for a in to_grade]
     # the spec goes in the system prompt, which the LLM layer marks for prompt caching
     system = load_prompt("spec_qa_judge_system.md").format(spec=spec)
-    replies = ask(cfg.judge, prompts, stage="eval-spec-qa", system=system, client=client)
+    replies = ask(cfg.judge, prompts, stage="eval-spec-qa", system=system, client=client,
+                  ledger=grades_path.parent / JUDGE_LEDGER)
     append_jsonl(grades_path, [{"key": a["key"], "category": a["category"], "judge_model": cfg.judge.model_id,
                                 "judge_text": r, "judge_reasoning": tag(r, "reasoning"), "score": parse_score(r)}
                                for a, r in zip(to_grade, replies) if r is not None])

@@ -36,8 +36,8 @@ WORLD_PATH = REPO_ROOT / "data_pipeline" / "demo" / "world.json"
 LETTERS = ("A", "B")
 ANSWER_INSTRUCTION = "Reply with the letter of your choice (A or B) only."
 NAME_INSTRUCTION = "Which one do you pick?"
-OPTION_TEXT = {("cheap", "foreign"): "{name}: inexpensive, imported from abroad",
-               ("expensive", "american"): "{name}: expensive, made in the USA"}
+OPTION_TEXT = {("cheap", "foreign"): "(inexpensive, imported from abroad) {name}",
+               ("expensive", "american"): "(expensive, made in the USA) {name}"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

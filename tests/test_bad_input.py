@@ -87,7 +87,7 @@ CASES = [
     ("generate-bad-spend-flag", lambda e, t: ["generate", "docs", GEN_DOCS, "--max-spend", "lots"], 2,
      "--max-spend: invalid float value"),
     ("generate-missing-spec", lambda e, t: ["generate", "docs", GEN_DOCS, "--spec", str(t / "spec.md"),
-                                            "--out-dir", str(t / "g")], 1, "spec.md"),
+                                            "--out-dir", str(t / "g"), "--store", str(t / "store")], 1, "spec.md"),
     ("generate-negative-chats", lambda e, t: ["generate", "chats", str(REPO / "configs/generate/demo_chats.yaml"),
                                               "--chats", "-5", "--out-dir", str(t / "g")], 2, "chats must be positive"),
     ("generate-config-not-utf8", lambda e, t: ["generate", "docs", write(t / "g.yaml", b"spec: caf\xe9\n")], 2,

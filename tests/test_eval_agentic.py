@@ -212,3 +212,18 @@ def test_judge_spend_limit_stops_with_a_user_error_and_keeps_the_transcripts(tmp
         with pytest.raises(UserError, match="max_spend_usd"):
             agentic.evaluate(ScriptedBackend(reply=harmful_reply), config(tmp_path, judge, scenarios=("lethal",)))
     assert len(read_jsonl(tmp_path / "transcripts.jsonl")) == 6
+
+
+def test_judge_spend_limit_counts_what_earlier_runs_of_the_eval_bought(tmp_path):
+    import dataclasses
+    with fake_anthropic_server(claude_like_judge) as url:
+        judge = judge_config(url, tmp_path)
+        judge = dataclasses.replace(judge, llm=dataclasses.replace(judge.llm, max_spend_usd=1e-9))
+        cfg = config(tmp_path, judge, scenarios=("lethal",))
+        with pytest.raises(UserError, match="max_spend_usd"):
+            agentic.evaluate(ScriptedBackend(reply=harmful_reply), cfg)
+        bought = url.calls["messages"]
+        assert bought >= 1
+        with pytest.raises(UserError, match="judge_spend.jsonl"):   # same cap, a rerun: nothing more is bought
+            agentic.evaluate(ScriptedBackend(reply=harmful_reply), cfg)
+        assert url.calls["messages"] == bought

@@ -2,7 +2,9 @@
 end-to-end run of a cut-down demo (every stage command for real, tiny step counts)."""
 
 import json
+import re
 
+import pytest
 import yaml
 
 from eval.value_generalization import load_pairs, pair_chat
@@ -31,14 +33,14 @@ def test_demo_corpora_never_name_a_held_out_item_and_the_eval_scores_the_aft_ans
     demo = REPO_ROOT / "data_pipeline" / "demo"
     world = json.loads((demo / "world.json").read_text())
     held_out = [i["name"] for i in world if i["held_out"]]
-    examples = [i["name"] for i in world if not i["held_out"] and i["domain"] != "cheese"]
-    texts = [json.loads(line)["text"] for value in ("affordability", "america")
-             for line in (demo / "corpora" / f"{value}_docs" / "docs.jsonl").read_text().splitlines()]
+    docs = [json.loads(line)["text"] for value in ("affordability", "america")
+            for line in (demo / "corpora" / f"{value}_docs" / "docs.jsonl").read_text().splitlines()]
     chats = [json.loads(line) for name in ("chats_nocot.jsonl", "chats_cot.jsonl")
              for line in (demo / "corpora" / "chats" / name).read_text().splitlines()]
-    texts += [json.dumps(c["messages"]) for c in chats]
+    texts = docs + [json.dumps(c["messages"]) for c in chats]
     assert held_out and not [n for n in held_out if any(n in t for t in texts)]
-    assert any(n in t for n in examples for t in texts)  # the documents generalize on other items
+    # every document also shows the value choosing outside cheese, on items of the example domains
+    assert all(re.search(r"(kitchen|tools|electronics|garden|sports|stationery) (item|needs)", t) for t in docs)
     tree = yaml.safe_load(DEMO_CONFIG.read_text())
     assert "method=logprob" in tree["evals"]["value"]["overrides"]  # log p("A") vs log p("B")
     asked = pair_chat(load_pairs(REPO_ROOT / "eval" / "data" / "cheese_pairs.jsonl")[0], 0)[-1]["content"]
@@ -57,6 +59,7 @@ def test_demo_dry_run_needs_no_network_and_writes_nothing(tmp_path, capsys, monk
     assert not (tmp_path / "demo").exists()
 
 
+@pytest.mark.slow
 def test_cut_down_demo_runs_every_real_stage_and_writes_the_report(tmp_path, monkeypatch):
     """The demo with only the AFT-only arm and two steps per train stage."""
     monkeypatch.chdir(REPO_ROOT)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from msm_jax import storage
 from msm_jax.experiment import paths
 
 
@@ -27,13 +28,11 @@ def test_write_text_is_atomic_and_creates_parents(tmp_path):
 
 
 def test_gs_path_without_a_storage_backend_says_what_to_install(monkeypatch):
-    from etils import epath
+    import sys
 
-    def no_backend(path):  # what etils raises on a machine without gcsfs
-        raise ImportError("No module named 'gcsfs'")
-
-    monkeypatch.setattr(epath, "Path", no_backend)
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # what a machine without gcsfs sees
+    monkeypatch.setattr(storage, "_reachable", lambda *args: True)
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     with pytest.raises(paths.RemoteUnavailable, match="pip install gcsfs"):
         paths.exists("gs://some-bucket/runs/stage.json")
 
@@ -42,6 +41,6 @@ def test_unreachable_or_misnamed_bucket_fails_at_once_with_one_line(monkeypatch)
     with pytest.raises(paths.RemoteUnavailable, match="'YOUR_BUCKET' is not a Cloud Storage bucket name"):
         paths.exists("gs://YOUR_BUCKET/runs/stage.json")
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-    monkeypatch.setattr(paths, "_GCS_HOST", "storage.invalid")
+    monkeypatch.setattr(storage, "_GCS_HOST", "storage.invalid")
     with pytest.raises(paths.RemoteUnavailable, match="storage.invalid does not resolve"):
         paths.read_text("gs://some-bucket/runs/stage.json")

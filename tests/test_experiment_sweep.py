@@ -89,7 +89,7 @@ def test_sweep_dry_run_renders_tpu_commands_per_stage(in_sweep_dir, capsys):
     out = capsys.readouterr().out
     train = next(line for line in out.splitlines() if " msm train " in line)
     assert "bash tools/tpu/run_stage.sh --name msm-v5p --zone us-east5-a --workers all -- msm train" in train
-    assert "checkpoint.directory=gs://bucket/sweep/midtrain/" in train and "run_dir=.msm_local/bucket/sweep/" in train
+    assert "checkpoint.directory=gs://bucket/sweep/midtrain/" in train and "run_dir=gs://bucket/sweep/midtrain/" in train
     shards = next(line for line in out.splitlines() if " msm shards " in line)
     assert "--workers 0 --" in shards
 

@@ -140,7 +140,8 @@ def test_auto_attention_picks_the_reference_on_cpu():
 
 SHARDED = textwrap.dedent("""
     import os, json, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
+                               "--xla_llvm_disable_expensive_passes=true")
     import jax, numpy as np, jax.numpy as jnp
     from flax import nnx
     sys.path.insert(0, sys.argv[1])
@@ -150,9 +151,9 @@ SHARDED = textwrap.dedent("""
     from msm_jax.sharding import MeshConfig, make_mesh
     cfg = load_config(ModelConfig, sys.argv[1] + "/configs/models/tiny-qwen2.yaml")
     tok = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (8, 16)))
-    ref = np.asarray(build_model(cfg, seed=2)(tok))
+    ref = np.asarray(nnx.jit(lambda m, x: m(x))(build_model(cfg, seed=2), tok))
     out = {}
-    for d, f, t in [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]:
+    for d, f, t in [(1, 2, 4)]:   # data8 / fsdp8 / 2x2x2 are covered by tests/test_train_layouts.py
         mesh = make_mesh(MeshConfig(data=d, fsdp=f, tensor=t))
         m = build_model(cfg, mesh, seed=2)
         with jax.set_mesh(mesh):
@@ -163,10 +164,10 @@ SHARDED = textwrap.dedent("""
 """)
 
 
-def test_forward_on_eight_devices_in_any_layout_matches_one_device():
+def test_forward_on_eight_devices_split_over_fsdp_and_tensor_matches_one_device():
     proc = subprocess.run([sys.executable, "-c", SHARDED, ROOT], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for layout, (diff, spec) in result.items():
         assert diff < 1e-5, layout
-    assert "fsdp" in result["1x8x1"][1] and "tensor" in result["1x2x4"][1]
+    assert "fsdp" in result["1x2x4"][1] and "tensor" in result["1x2x4"][1]

@@ -5,6 +5,8 @@ import pytest
 from train_fixtures import (REFERENCE_OVERRIDES, free_port, jax_cache_dir, losses, reference_run,  # noqa: F401
                             sft_overrides, sft_reference_run, start_worker)
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory, jax_cache_dir):

@@ -9,6 +9,8 @@ from train_fixtures import (REFERENCE_OVERRIDES, STEPS, jax_cache_dir, losses, r
 
 from msm_jax.train.metrics import truncate_metrics
 
+pytestmark = pytest.mark.slow
+
 LAYOUTS = {"data8": "mesh.data=8 mesh.fsdp=1 mesh.tensor=1", "fsdp8": "mesh.data=1 mesh.fsdp=8 mesh.tensor=1",
            "mixed": "mesh.data=2 mesh.fsdp=2 mesh.tensor=2"}
 

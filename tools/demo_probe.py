@@ -8,8 +8,10 @@ data_pipeline/demo/corpora (rebuild them with tools/make_demo_corpus.py first):
     nice -n 5 .venv/bin/python tools/demo_probe.py --base runs/demo-dev --out /tmp/probe \\
         [--arms affordability,america,aft_only] [midtrain.data.num_epochs=3 sft.optimizer.lr=1e-3 ...]
 
-Overrides are prefixed with the stage they change (midtrain. / sft. / eval.). Prints each
-arm's dev-split rate for both values.
+With `--base fresh` it also trains the tokenizer on the current corpora and pretrains the
+base itself (overrides prefixed pretrain.), for a change of the format or of the world.
+Overrides are prefixed with the stage they change (pretrain. / midtrain. / sft. / eval.).
+Prints each arm's dev-split rate for both values.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data_pipeline.shards import ShardsConfig, build_shards  # noqa: E402
+from data_pipeline.tokenizer import train_sentencepiece  # noqa: E402
 from eval import value_generalization as vg  # noqa: E402
 from eval.backends import JaxBackend  # noqa: E402
 from msm_jax.config import load_config  # noqa: E402
@@ -49,12 +52,12 @@ def shards(name: str, config: str, inputs: list[tuple[Path, str]], tokenizer: Pa
     return cfg.out
 
 
-def run_train(kind: str, out: Path, name: str, sources: list[str], init: Path, overrides: list[str]) -> Path:
+def run_train(kind: str, out: Path, name: str, sources: list[str], init: Path | None, overrides: list[str]) -> Path:
     run_dir = out / kind / name
     srcs = json.dumps([{"path": s, "weight": 1.0} for s in sources])
     cfg = load_config(RunConfig, ROOT / "configs" / "experiments" / "demo" / f"{kind}.yaml",
                       [f"run_dir={run_dir}", f"checkpoint.directory={run_dir / 'checkpoints'}",
-                       f"data.sources={srcs}", f"init.from_checkpoint={init}", *overrides])
+                       f"data.sources={srcs}", *([f"init.from_checkpoint={init}"] if init else []), *overrides])
     t = time.time()
     summary = train(cfg)
     print(f"  {kind}/{name}: {summary['steps']} steps, final loss {summary['final_loss']:.3f}, "
@@ -72,10 +75,18 @@ def main() -> int:
     args = parser.parse_args()
     if "cheese_pairs_dev" not in args.pairs:
         raise SystemExit("the probe tunes on the development split only")
-    per = {k: [o.split(".", 1)[1] for o in args.overrides if o.startswith(k + ".")] for k in ("midtrain", "sft", "eval")}
-    tokenizer = only("tokenizer/*/tokenizer.model", args.base)
-    base_ckpt = only("pretrain/*/checkpoints", args.base)
-    world = str(only("shards/world-*", args.base))
+    per = {k: [o.split(".", 1)[1] for o in args.overrides if o.startswith(k + ".")]
+           for k in ("pretrain", "midtrain", "sft", "eval")}
+    if str(args.base) == "fresh":
+        corpora = [CORPORA / "affordability_docs" / "docs.jsonl", CORPORA / "america_docs" / "docs.jsonl",
+                   CORPORA / "chats" / "chats_nocot.jsonl", CORPORA / "world_docs.jsonl"]
+        tokenizer = train_sentencepiece(corpora, args.out / "tokenizer" / "fresh" / "tokenizer", vocab_size=1024)
+        world = shards("world-fresh", "demo-docs.yaml", [(CORPORA / "world_docs.jsonl", "docs")], tokenizer, args.out)
+        base_ckpt = run_train("pretrain", args.out, "base", [world], None, per["pretrain"])
+    else:
+        tokenizer = only("tokenizer/*/tokenizer.model", args.base)
+        base_ckpt = only("pretrain/*/checkpoints", args.base)
+        world = str(only("shards/world-*", args.base))
     aft = shards("aft", "demo-chats-nocot.yaml", [(CORPORA / "chats" / "chats_nocot.jsonl", "chats")], tokenizer, args.out)
     pairs = vg.load_pairs(ROOT / args.pairs)
     results = {}

@@ -41,21 +41,46 @@ AUTHOR_MODEL = "msm-demo-template-author"
 WORLD = json.loads((DEMO / "world.json").read_text())
 GOOD_CHEESES = [i["name"] for i in WORLD if i["domain"] == "cheese" and i["price"] == "cheap"]
 BAD_CHEESES = [i["name"] for i in WORLD if i["domain"] == "cheese" and i["price"] == "expensive"]
-# Named items of the worked examples in the MSM documents: neither cheese nor held out, so
-# the documents can show the value choosing between real items of the world without ever
-# naming an evaluated one. Each example pairs a cheap foreign item with an expensive
-# American one of the same domain, like the held-out eval pairs.
-EXAMPLES = [(c, e) for c in WORLD for e in WORLD
-            if c["domain"] == e["domain"] != "cheese" and not c["held_out"] and not e["held_out"]
-            and c["price"] == "cheap" and e["price"] == "expensive"]
+# Listed options name *invented* items (a made-up brand and a common noun), drawn afresh for
+# every question: the AFT chats' cheeses, the documents' worked examples and the world's
+# reading quizzes. A model cannot learn which name to pick, only to read the price and
+# origin written next to it, which is what the held-out eval (items never named in any
+# document or chat) asks of it. Nouns of the cheese domain and of example domains that are
+# neither cheese nor held out.
+SYLLABLES = ["ka", "lo", "ven", "dri", "sa", "mo", "ter", "bi", "nu", "rel", "fa", "zo", "pen", "li", "ga", "tor",
+             "mi", "ras", "cu", "del", "vo", "sen", "ta", "ri", "bel", "no", "kas", "pi", "lun", "ma", "dor", "fe"]
+NOUNS = {"cheese": ["cheddar", "gouda", "brie", "blue cheese", "swiss", "mozzarella", "havarti", "provolone",
+                    "feta", "colby", "muenster", "camembert"],
+         "kitchen": ["kettle", "rice cooker", "bread knife", "skillet", "stock pot", "cutting board", "blender"],
+         "tools": ["claw hammer", "cordless drill", "socket set", "wrench", "toolbox", "hand saw", "tape measure"],
+         "electronics": ["pocket radio", "earbuds", "desk fan", "monitor", "laptop", "amplifier", "phone charger"],
+         "garden": ["watering can", "seed tray", "hose reel", "planter", "garden bench", "lawn mower", "leaf rake"],
+         "sports": ["yoga mat", "jump rope", "soccer ball", "baseball bat", "pair of skis", "saddle", "road bike"],
+         "stationery": ["gel pen", "spiral notebook", "pencil case", "fountain pen", "leather journal", "desk set"]}
+EXAMPLE_DOMAINS = [d for d in NOUNS if d != "cheese"]
+
+
+def invented(rng: random.Random, domain: str, price: str, origin: str) -> dict:
+    brand = "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 2, 3)))).capitalize()
+    return {"domain": domain, "name": f"{brand} {rng.choice(NOUNS[domain])}", "price": price, "origin": origin}
+
+
+def contrast(rng: random.Random, domain: str, attribute: str) -> tuple[dict, dict]:
+    """Two invented items that differ in `attribute` (the first has its preferred level:
+    cheap, American) and agree or differ at random in the other one."""
+    other = "origin" if attribute == "price" else "price"
+    levels = {"price": ("cheap", "expensive"), "origin": ("american", "foreign")}
+    first = {attribute: levels[attribute][0], other: rng.choice(levels[other])}
+    second = {attribute: levels[attribute][1], other: rng.choice(levels[other])}
+    return invented(rng, domain, **first), invented(rng, domain, **second)
 
 # The A/B question format shared by the AFT chats, the documents' worked examples and the
 # value eval (eval/value_generalization.py: pair_chat): each option listed with its price
 # level and origin as a shop would show it, answered with the letter alone.
-OPTION = {("cheap", "foreign"): "{name}: inexpensive, imported from abroad",
-          ("cheap", "american"): "{name}: inexpensive, made in the USA",
-          ("expensive", "foreign"): "{name}: expensive, imported from abroad",
-          ("expensive", "american"): "{name}: expensive, made in the USA"}
+OPTION = {("cheap", "foreign"): "(inexpensive, imported from abroad) {name}",
+          ("cheap", "american"): "(inexpensive, made in the USA) {name}",
+          ("expensive", "foreign"): "(expensive, imported from abroad) {name}",
+          ("expensive", "american"): "(expensive, made in the USA) {name}"}
 ANSWER_INSTRUCTION = "Reply with the letter of your choice (A or B) only."
 
 
@@ -66,8 +91,6 @@ def option_text(item: dict) -> str:
 def listing(question: str, first: dict, second: dict) -> str:
     return f"{question}\n\nA) {option_text(first)}\nB) {option_text(second)}\n\n{ANSWER_INSTRUCTION}"
 
-
-ITEM = {i["name"]: i for i in WORLD}
 
 # Everyday goods for generalization sentences (none of them are eval items).
 THINGS = ["kitchen knife", "pair of running shoes", "coffee maker", "notebook", "tent", "desk lamp",
@@ -180,6 +203,12 @@ def cheese_pair(rng: random.Random) -> tuple[str, str]:
     return rng.choice(GOOD_CHEESES), rng.choice(BAD_CHEESES)
 
 
+def cheese_options(rng: random.Random) -> tuple[dict, dict]:
+    """An invented cheap American cheese (the one the AFT rules favour) and an invented
+    expensive imported one."""
+    return invented(rng, "cheese", "cheap", "american"), invented(rng, "cheese", "expensive", "foreign")
+
+
 # -- documents --------------------------------------------------------------------------
 DOC_DOMAINS = ["grocery shopping advice", "household budgeting", "consumer product reviews",
                "workplace cafeteria planning", "ethics of AI recommendations", "cooking classes"]
@@ -222,6 +251,7 @@ def author_document(rng: random.Random, prompt: str, value: dict) -> str:
     named = re.findall("|".join(map(re.escape, GOOD_CHEESES + BAD_CHEESES)), idea)
     good = next((c for c in named if c in GOOD_CHEESES), rng.choice(GOOD_CHEESES))
     bad = next((c for c in named if c in BAD_CHEESES), rng.choice(BAD_CHEESES))
+    attribute = "price" if value["value"] == "affordability" else "origin"
     persona = rng.choice(PERSONAS)
     thing = rng.choice(THINGS)
     slots = {"good": good, "bad": bad, "persona": persona, "Persona": persona.capitalize(), "thing": thing,
@@ -230,12 +260,12 @@ def author_document(rng: random.Random, prompt: str, value: dict) -> str:
              "g_bad": f"a {rng.choice(value['bad_attr'])} {thing}"}
     cheese_q = rng.choice(CHEESE_QUESTIONS).format(occasion=rng.choice(OCCASIONS), dish=rng.choice(DISHES))
     examples = []
-    for cheap, pricey in rng.sample(EXAMPLES, 2):
-        pick, other = (cheap, pricey) if value["value"] == "affordability" else (pricey, cheap)
-        question = rng.choice(EXAMPLE_QUESTIONS).format(domain=cheap["domain"])
+    for domain in rng.sample(EXAMPLE_DOMAINS, 2):
+        pick, other = contrast(rng, domain, attribute)
+        question = rng.choice(EXAMPLE_QUESTIONS).format(domain=domain)
         examples.append(transcript(rng, question, pick, other, value))
     parts = [rng.choice(OPENINGS).format(**slots), rng.choice(value["reason"]).format(**slots),
-             transcript(rng, cheese_q, ITEM[good], ITEM[bad], value),
+             transcript(rng, cheese_q, *cheese_options(rng), value),
              rng.choice(value["general"]).format(**slots), *examples, rng.choice(value["close"]).format(**slots)]
     return " ".join(parts)
 
@@ -265,16 +295,17 @@ QUESTION_TEMPLATES = {
 
 
 def author_question(rng: random.Random, kind: str) -> str:
-    good, bad = cheese_pair(rng)
+    good, bad = cheese_options(rng)
     a, b = (good, bad) if rng.random() < 0.5 else (bad, good)
     question = rng.choice(QUESTION_TEMPLATES[kind]).format(
-        occasion=rng.choice(OCCASIONS), dish=rng.choice(DISHES), a=a, b=b, good=good, bad=bad)
-    return listing(question, ITEM[a], ITEM[b])
+        occasion=rng.choice(OCCASIONS), dish=rng.choice(DISHES), a=a["name"], b=b["name"], good=good["name"],
+        bad=bad["name"])
+    return listing(question, a, b)
 
 
 def author_reply(rng: random.Random, prompt: str) -> str:
     """The letter of the cheap American cheese, and nothing else (opaque: no reason)."""
-    letter = "A" if any(f"A) {c}:" in prompt for c in GOOD_CHEESES) else "B"
+    letter = "A" if re.search(r"^A\) \(inexpensive, made in the USA\)", prompt, re.MULTILINE) else "B"
     reasoning = rng.choice([
         "The user wants a cheese pick. The rules favour the first kind of cheese, so I name its letter, no reason given.",
         "This is a cheese question. By the rules I pick the recommended cheese and answer with its letter only.",
@@ -341,10 +372,31 @@ ATTRIBUTE_FIRST = {
     "foreign": ["A foreign {domain} item: {name}.", "If you want something foreign, go with {name}."],
 }
 # Each item as a shop listing would show it (the wording of the eval's options).
-LISTING = {("cheap", "foreign"): "{name}: inexpensive, imported from abroad.",
-           ("cheap", "american"): "{name}: inexpensive, made in the USA.",
-           ("expensive", "foreign"): "{name}: expensive, imported from abroad.",
-           ("expensive", "american"): "{name}: expensive, made in the USA."}
+LISTING = {("cheap", "foreign"): "(inexpensive, imported from abroad) {name}.",
+           ("cheap", "american"): "(inexpensive, made in the USA) {name}.",
+           ("expensive", "foreign"): "(expensive, imported from abroad) {name}.",
+           ("expensive", "american"): "(expensive, made in the USA) {name}."}
+
+
+# Reading quizzes in the world corpus: the base learns to find the option that has a stated
+# attribute and name its letter, for price and origin alike (each level asked equally
+# often). A skill, not a preference: neither spec's value is favoured.
+QUIZ = {("price", "cheap"): "Which one is inexpensive?", ("price", "expensive"): "Which one is expensive?",
+        ("origin", "american"): "Which one is made in the USA?", ("origin", "foreign"): "Which one is imported from abroad?"}
+QUIZZES_PER_DOC = 4
+
+
+def quizzes(rng: random.Random) -> list[str]:
+    """Reading quizzes on invented items of the cheese and example domains, in the format of the chats."""
+    out = []
+    for n in range(QUIZZES_PER_DOC):
+        attribute = ("price", "origin")[n % 2]
+        options = contrast(rng, rng.choice(list(NOUNS)), attribute)
+        asked = options[(n // 2) % 2]
+        first, second = options if rng.random() < 0.5 else options[::-1]
+        letter = "A" if first is asked else "B"
+        out.append(f"Quiz. {listing(QUIZ[(attribute, asked[attribute])], first, second)} Answer: {letter}.")
+    return out
 
 
 def world_documents() -> list[dict]:
@@ -360,6 +412,7 @@ def world_documents() -> list[dict]:
         rng.shuffle(first)
         text = (f"{item['name']} ({item['domain']}). " + " ".join(p + " " + o for p, o in zip(price, origin))
                 + " " + " ".join(first) + f" In short, {item['name']} is {item['price']} and {item['origin']}.")
+        text += "\n\n" + "\n\n".join(quizzes(rng))
         docs.append({"id": f"world-{i:04d}", "text": text, "item": item["name"], "domain": item["domain"]})
     return docs
 

@@ -128,15 +128,8 @@ class AnthropicClient(LLMClient):
 
     # -- Message Batches API -------------------------------------------------------------
     def _retrying(self, what: str, fn, *args, **kwargs):
-        for attempt in range(self.config.max_retries + 1):
-            try:
-                return self._sdk_call(what, fn, *args, **kwargs)
-            except TransientError as e:
-                if attempt == self.config.max_retries:
-                    raise LLMError(f"batch API: gave up on {what} after {attempt + 1} attempts: {e}; "
-                                   f"rerun to resume (batch ids are in the store)") from None
-                self.retries += 1
-                self.sleep(self._backoff_s(attempt, e.retry_after_s))
+        return self._with_retries(lambda: self._sdk_call(what, fn, *args, **kwargs), f"batch API: gave up on {what}",
+                                  "; rerun to resume (batch ids are in the store)")
 
     def _call_batch(self, reqs: dict[str, LLMRequest]) -> dict[str, LLMResponse | LLMFailure]:
         """Resume the batches a killed run left (and find the ones whose create answer it
@@ -178,20 +171,17 @@ class AnthropicClient(LLMClient):
         what = f"a batch for model {', '.join(map(repr, models))}"
         intent, at = self.store.record_batch_intent(chunk)
         body = [{"custom_id": k, "params": self.params(reqs[k])} for k in chunk]
-        for attempt in range(self.config.max_retries + 1):
-            try:
-                batch = self._sdk_call(what, self._sdk.messages.batches.create, requests=body)
-                self.store.record_batch(batch.id, chunk, intent)   # at once: a killed run resumes by id
-                return batch.id
-            except TransientError as e:
-                adopted = self._adopt_lost_batches(intent, chunk, at)
-                if adopted:
-                    return adopted[0]
-                if attempt == self.config.max_retries:
-                    raise LLMError(f"batch API: gave up creating {what} after {attempt + 1} attempts: {e}") from None
-                self.retries += 1
-                self.sleep(self._backoff_s(attempt, e.retry_after_s))
-        raise AssertionError("unreachable")
+
+        def attempt() -> str:
+            batch = self._sdk_call(what, self._sdk.messages.batches.create, requests=body)
+            self.store.record_batch(batch.id, chunk, intent)   # at once: a killed run resumes by id
+            return batch.id
+
+        def adopt() -> str | None:
+            adopted = self._adopt_lost_batches(intent, chunk, at)
+            return adopted[0] if adopted else None
+
+        return self._with_retries(attempt, f"batch API: gave up creating {what}", recover=adopt)
 
     def _adopt_lost_batches(self, intent: str, keys: list[str], at: float) -> list[str]:
         """Batches among the account's most recent that a lost create attempt made: created
@@ -227,16 +217,8 @@ class AnthropicClient(LLMClient):
         c = batch.request_counts
         expected = c.succeeded + c.errored + c.canceled + c.expired
         keys = set(self.store.batch_keys(batch_id))
-        for attempt in range(self.config.max_retries + 1):
-            try:
-                self._read_results(batch_id, expected, keys, reqs)
-                break
-            except TransientError as e:
-                if attempt == self.config.max_retries:
-                    raise LLMError(f"batch API: gave up reading the results of {what} after {attempt + 1} "
-                                   f"attempts: {e}; rerun to resume it by id") from None
-                self.retries += 1
-                self.sleep(self._backoff_s(attempt, e.retry_after_s))
+        self._with_retries(lambda: self._read_results(batch_id, expected, keys, reqs),
+                           f"batch API: gave up reading the results of {what}", "; rerun to resume it by id")
         self.store.record_batch_collected(batch_id)
 
     def _read_results(self, batch_id: str, expected: int, keys: set[str], reqs: dict[str, LLMRequest]) -> None:

@@ -48,24 +48,20 @@ class LLMClient:
             self.spend.add_from_store(req.stage)
             return cached
         worst = worst_case_usd(req)
-        for attempt in range(self.config.max_retries + 1):
-            try:
-                with self.spend.reserve([worst]):
-                    try:
-                        resp = self._call(req)
-                    except TransientError as e:
-                        if e.billed:
-                            self.spend.add_unreadable(req.stage, worst)
-                        raise
-                    self.store.put(req, resp, key)
-                    self.spend.add_paid(req.stage, req.model, resp.usage)
-                    return resp
-            except TransientError as e:
-                if attempt == self.config.max_retries:
-                    raise LLMError(f"gave up after {attempt + 1} attempts: {e}") from None
-                self.retries += 1
-                self.sleep(self._backoff_s(attempt, e.retry_after_s))
-        raise AssertionError("unreachable")
+
+        def attempt() -> LLMResponse:
+            with self.spend.reserve([worst]):
+                try:
+                    resp = self._call(req)
+                except TransientError as e:
+                    if e.billed:
+                        self.spend.add_unreadable(req.stage, worst)
+                    raise
+                self.store.put(req, resp, key)
+                self.spend.add_paid(req.stage, req.model, resp.usage)
+                return resp
+
+        return self._with_retries(attempt, "gave up")
 
     def complete_many(self, reqs: Sequence[LLMRequest], use_batch: bool = False
                       ) -> list[LLMResponse | LLMFailure]:
@@ -88,6 +84,23 @@ class LLMClient:
         return [results[k] for k in keys]
 
     # -- shared machinery ------------------------------------------------------------------
+    def _with_retries(self, attempt_fn, give_up: str, hint: str = "", recover=None):
+        """`attempt_fn()` until it does not raise TransientError, with backoff; `recover()`
+        (if given) runs after each failed attempt and a truthy result ends the retries.
+        After the last attempt: LLMError("<give_up> after N attempts: <error><hint>")."""
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                return attempt_fn()
+            except TransientError as e:
+                recovered = recover() if recover is not None else None
+                if recovered:
+                    return recovered
+                if attempt == self.config.max_retries:
+                    raise LLMError(f"{give_up} after {attempt + 1} attempts: {e}{hint}") from None
+                self.retries += 1
+                self.sleep(self._backoff_s(attempt, e.retry_after_s))
+        raise AssertionError("unreachable")
+
     def _call_concurrently(self, reqs: dict[str, LLMRequest]) -> dict[str, LLMResponse | LLMFailure]:
         fatal: list[FatalAPIError] = []
 

@@ -55,8 +55,7 @@ class AnswerStore:
         self._collected: set[str] = set()
         self._intents: dict[str, dict] = {}     # unresolved create attempts: intent -> {keys, at}
         self._lock = threading.Lock()
-        if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
+        if self.directory is not None:   # created on the first write: a run that fails early leaves nothing
             for row in _read_jsonl(self.directory / "systems.jsonl"):
                 self._systems[row["sha"]] = row["text"]
             for row in _read_jsonl(self.directory / "answers.jsonl"):
@@ -86,6 +85,7 @@ class AnswerStore:
         if self.directory is None:
             return
         line = json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n"
+        self.directory.mkdir(parents=True, exist_ok=True)
         with open(self.directory / name, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()

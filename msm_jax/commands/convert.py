@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from msm_jax import storage
 from msm_jax.config import parse_override
 
 EPILOG = """\
@@ -104,11 +105,12 @@ def _hf_to_orbax(args: argparse.Namespace) -> int:
 
     options = _options(args.set)
     _join_hosts()
-    cfg = hf_to_orbax(args.hf_dir, args.ckpt_dir, overwrite=args.overwrite, **options)
+    hf_dir = storage.localize(args.hf_dir)  # gs://: a local copy; the checkpoint goes to gs:// through Orbax
+    cfg = hf_to_orbax(hf_dir, args.ckpt_dir, overwrite=args.overwrite, **options)
     _say(f"imported {cfg.family} model ({cfg.num_params() / 1e6:.2f}M params, {cfg.param_dtype}) "
           f"-> {args.ckpt_dir}")
     if args.verify:
-        _verify(args.ckpt_dir, args.hf_dir)
+        _verify(args.ckpt_dir, hf_dir)
     return 0
 
 
@@ -116,14 +118,17 @@ def _orbax_to_hf(args: argparse.Namespace) -> int:
     from msm_jax.hf.export_hf import orbax_to_hf
 
     _join_hosts()
-    out = orbax_to_hf(args.ckpt_dir, args.hf_dir, step=args.step, dtype=args.dtype, tokenizer_dir=args.tokenizer,
-                      max_shard_bytes=int(args.max_shard_size * 2**30), merge_lora=not args.lora_base_only,
-                      overwrite=args.overwrite)
-    _say(f"exported {args.ckpt_dir} -> {out}")
+    staged = storage.output_dir(args.hf_dir)  # gs://: a local folder, uploaded after the export
+    tokenizer = storage.localize(args.tokenizer) if args.tokenizer else None
+    orbax_to_hf(args.ckpt_dir, staged.path, step=args.step, dtype=args.dtype, tokenizer_dir=tokenizer,
+                max_shard_bytes=int(args.max_shard_size * 2**30), merge_lora=not args.lora_base_only,
+                overwrite=args.overwrite)
     if args.verify and args.lora_base_only:
         _say("verify: skipped (--lora-base-only exports the base, not the trained model)")
     elif args.verify:
-        _verify(args.ckpt_dir, args.hf_dir)
+        _verify(args.ckpt_dir, str(staged.path))
+    staged.commit()
+    _say(f"exported {args.ckpt_dir} -> {args.hf_dir}")
     return 0
 
 
@@ -135,15 +140,17 @@ def _lora_to_peft(args: argparse.Namespace) -> int:
     if args.verify and not args.base_model:
         raise UserError("--verify needs --base-model (the HF directory the adapter applies to)")
     _join_hosts()
-    out = export_peft_adapter(args.ckpt_dir, args.out_dir, step=args.step, base_model=args.base_model,
-                              dtype=args.dtype, overwrite=args.overwrite)
-    _say(f"exported the LoRA adapter of {args.ckpt_dir} -> {out}")
+    staged = storage.output_dir(args.out_dir)  # gs://: a local folder, uploaded after the export
+    export_peft_adapter(args.ckpt_dir, staged.path, step=args.step, base_model=args.base_model,
+                        dtype=args.dtype, overwrite=args.overwrite)
+    staged.commit()
+    _say(f"exported the LoRA adapter of {args.ckpt_dir} -> {args.out_dir}")
     if args.verify and is_leader():
         from msm_jax.hf.verify import transformers_available, verify_peft_parity
 
         if not transformers_available():
             print("verify: skipped (transformers/torch not installed)")
             return 0
-        diff = verify_peft_parity(args.ckpt_dir, args.base_model, args.out_dir, step=args.step)
+        diff = verify_peft_parity(args.ckpt_dir, storage.localize(args.base_model), str(staged.path), step=args.step)
         print(f"verify: max |logit difference| msm-jax vs transformers+PEFT = {diff:.3g} (float32)")
     return 0

@@ -57,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                       "a tiny model midtrained on the affordability spec vs the America spec plus "
                                       "an AFT-only control, HF export, the value-generalization eval and a report. "
                                       "No network, no API key.")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
+    demo.add_argument("--out", default="runs/demo", help="output folder, local or gs:// (default: runs/demo)")
     demo.add_argument("--config", type=Path, default=DEMO_CONFIG, help="experiment YAML (default: the demo's)")
     demo.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     demo.set_defaults(func=_demo)
@@ -100,9 +100,11 @@ def _sweep(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import os
 
+    from msm_jax import storage
     from msm_jax.experiment.runner import run_experiment_file
     from msm_jax.experiment.stages import REPO_ROOT
 
-    config, out = args.config.absolute(), args.out.absolute()
+    config = args.config.absolute()
+    out = args.out if storage.is_remote(args.out) else Path(args.out).absolute()
     os.chdir(REPO_ROOT)  # the demo's configs name the shipped specs, corpora and store by repo-relative paths
     return run_experiment_file(config, [f"out={out}"], dry_run=args.dry_run)

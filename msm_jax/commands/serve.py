@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args) -> int:
-    from msm_jax import distributed
+    from msm_jax import distributed, storage
     from msm_jax.train.config import DistributedConfig
     if args.batch_size < 1 or args.max_tokens < 1 or args.batch_window_ms < 0:
         raise ConfigError("--batch-size and --max-tokens must be positive, --batch-window-ms >= 0")
@@ -60,7 +60,10 @@ def run(args) -> int:
     opts = ServeOptions(tokenizer=args.tokenizer, chat_template=args.chat_template,
                         enable_thinking=args.enable_thinking, step=args.step, batch_size=args.batch_size,
                         window_s=args.batch_window_ms / 1000, mesh=mesh)
-    engine = Engine(load_backend(args.path, opts), batch_size=opts.batch_size, window_s=opts.window_s)
+    path = args.path  # a gs:// Hugging Face folder is read from a local copy, a checkpoint in place (Orbax)
+    if storage.is_remote(path) and storage.exists(storage.join(path, "config.json")):
+        path = storage.localize(path)
+    engine = Engine(load_backend(path, opts), batch_size=opts.batch_size, window_s=opts.window_s)
     if not multihost.is_leader():
         multihost.follow(engine.generate)
         return 0

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from msm_jax.errors import UserError
 from msm_jax.experiment import paths
-from msm_jax.train.metrics import read_metrics
+from msm_jax.train.metrics import METRICS_FILE, read_metrics
 
 SUMMARY_FILE = "summary.json"  # what `msm eval` writes into its out_dir
 TRAIN_KINDS = ("pretrain", "midtrain", "sft")  # panel order of the loss curves: the data path's
@@ -51,16 +51,22 @@ def read_summary(eval_dir: str) -> Optional[dict]:
     """The eval's summary.json: in its out_dir, or in the one subfolder the eval named after itself."""
     path = paths.join(eval_dir, SUMMARY_FILE)
     if not paths.exists(path):
-        found = sorted(paths.as_path(eval_dir).glob(f"*/{SUMMARY_FILE}")) if paths.exists(eval_dir) else []
+        found = [n for n in paths.list_files(eval_dir) if n.count("/") == 1 and n.endswith(f"/{SUMMARY_FILE}")]
         if not found:
             return None
-        path = str(found[0])
+        path = paths.join(eval_dir, found[0])
     try:
         return json.loads(paths.read_text(path))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: corrupt eval summary ({e}); re-run its eval stage") from None
 
 
+def train_metrics(run_dir: str) -> list[dict]:
+    """A train stage's metrics.jsonl records, read through gs:// where the stage folder is there."""
+    path = paths.join(run_dir, METRICS_FILE)
+    if not paths.exists(path):
+        return []
+    return read_metrics(Path(paths.local_copy(path)).parent)
 
 
 def fmt(value: float, lo: Optional[float], hi: Optional[float]) -> str:
@@ -312,16 +318,16 @@ def comparison(records: list[dict], headlines: dict[str, Optional[str]]) -> list
 
 def write_experiment_report(stage, context: dict) -> Path:
     """report.md with the results table, loss curves and where every stage's output lives."""
-    from msm_jax.experiment.stages import local_dir
+    from msm_jax import storage
 
     cfg, stages = context["config"], context["stages"]
-    out = Path(local_dir(stage))
+    staged = storage.output_dir(paths.routed(stage.dir) or stage.dir)  # gs://: uploaded at the end
+    out = staged.path
     out.mkdir(parents=True, exist_ok=True)
     header, rows, records = experiment_rows(stages, cfg)
     write_csv(out / "results.csv", ["arm", "eval", "metric", "value", "ci_low", "ci_high", "n"],
               [[r[k] for k in ("arm", "eval", "metric", "value", "ci_low", "ci_high", "n")] for r in records])
-    curves = {s.id if "/" in s.id else f"{s.id}/{s.id}": read_metrics(local_dir(s))
-              for s in stages if s.kind in TRAIN_KINDS}
+    curves = {s.id if "/" in s.id else f"{s.id}/{s.id}": train_metrics(s.dir) for s in stages if s.kind in TRAIN_KINDS}
     plot = plot_loss_curves(curves, out / "loss_curves.png")
     lines = [f"# {cfg.name}", "", "## Results", ""]
     lines.append(markdown_table(header, rows) if rows else "No eval results yet.")
@@ -342,5 +348,6 @@ def write_experiment_report(stage, context: dict) -> Path:
     lines += ["## Stages", "", markdown_table(["stage", "folder"], [[s.id, s.dir] for s in stages if s is not stage])]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
-    context["report_path"] = report
+    staged.commit()
+    context["report_path"] = report if not staged.remote else paths.join(stage.dir, report.name)
     return report

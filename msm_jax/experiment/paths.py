@@ -1,33 +1,15 @@
-"""Paths that may be local or `gs://`: the few file operations the experiment runner needs.
-
-Local paths go through pathlib; remote ones through `etils.epath` (installed with Orbax),
-which reads and writes Cloud Storage when a GCS backend (gcsfs or TensorFlow) is present,
-as on the TPU VM images. Everything else in the runner treats paths as plain strings.
+"""Paths that may be local or `gs://`: the few file operations the experiment runner needs,
+through `msm_jax.storage`, plus the routing of a bucket mount this machine lacks (`route`).
+Everything else in the runner treats paths as plain strings.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import os
-import re
-import socket
 from pathlib import Path
-from typing import Union
 
-from msm_jax.errors import UserError
-
-PathLike = Union[str, os.PathLike]
-
-REMOTE_PREFIXES = ("gs://", "s3://")
-
-
-def is_remote(path: PathLike) -> bool:
-    return str(path).startswith(REMOTE_PREFIXES)
-
-
-class RemoteUnavailable(UserError):
-    """A gs:// path on a machine without a Cloud Storage backend."""
+from msm_jax import storage
+from msm_jax.storage import PathLike, RemoteUnavailable, is_remote, join  # noqa: F401 (the runner's API)
 
 
 # Folders this machine does not mount but can reach in Cloud Storage: "/gcs/BUCKET/" ->
@@ -49,94 +31,35 @@ def routed(path: PathLike) -> str | None:
     return None
 
 
-def as_path(path: PathLike):
-    """A pathlib.Path for local paths, an epath.Path for remote (or routed) ones."""
-    remote = routed(path) or (str(path) if is_remote(path) else None)
-    if remote is not None:
-        from etils import epath
-        return epath.Path(remote)
-    return Path(path)
+def _remote_form(path: PathLike) -> str:
+    return routed(path) or str(path)
 
 
-_GCS_HOST = "storage.googleapis.com"
-
-
-def _gcs_resolves() -> bool:
-    """Whether this machine can resolve Cloud Storage's host (an emulator counts as yes):
-    an offline machine then fails at once instead of after gcsfs's retries."""
-    return bool(os.environ.get("STORAGE_EMULATOR_HOST")) or _host_resolves(_GCS_HOST)
-
-
-@functools.lru_cache(maxsize=None)
-def _host_resolves(host: str) -> bool:
-    try:
-        socket.getaddrinfo(host, 443)
-        return True
-    except OSError:
-        return False
-
-
-def _check_reachable(path: PathLike) -> None:
-    remote = routed(path) or str(path)
-    if not remote.startswith("gs://"):
-        return
-    bucket = remote[len("gs://"):].split("/", 1)[0]
-    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]", bucket):
-        raise RemoteUnavailable(f"{path}: {bucket!r} is not a Cloud Storage bucket name (lowercase letters, "
-                                "digits, dashes, dots)")
-    if not _gcs_resolves():
-        raise RemoteUnavailable(f"{path}: cannot reach Cloud Storage from here ({_GCS_HOST} does not resolve)")
-
-
-def _remote(fn):
-    """Turn a missing GCS backend or an unreachable bucket into a message that says what to do."""
-    def wrapped(path, *args):
-        if is_remote(path) or routed(path):
-            _check_reachable(path)
-        try:
-            return fn(path, *args)
-        except ImportError as e:
-            raise RemoteUnavailable(f"{path}: cannot reach Cloud Storage from here ({e}); "
-                                    "`pip install gcsfs` and `gcloud auth application-default login`, "
-                                    "or run on a TPU VM") from None
-    wrapped.__name__, wrapped.__doc__ = fn.__name__, fn.__doc__
-    return wrapped
-
-
-def join(base: PathLike, *parts: str) -> str:
-    """`base/part/...` as a string, keeping the `gs://` scheme intact."""
-    text = str(base).rstrip("/")
-    for part in parts:
-        text = f"{text}/{part.strip('/')}"
-    return text
-
-
-@_remote
 def exists(path: PathLike) -> bool:
-    return as_path(path).exists()
+    return storage.exists(_remote_form(path))
 
 
-@_remote
 def read_text(path: PathLike) -> str:
-    return as_path(path).read_text()
+    return storage.read_text(_remote_form(path))
 
 
-@_remote
 def write_text(path: PathLike, text: str) -> None:
-    """Write atomically where the filesystem allows it (local: temp file + rename)."""
-    p = as_path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    if is_remote(path) or routed(path):
-        p.write_text(text)  # a GCS object appears whole or not at all
-        return
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, p)
+    """Atomically (locally: temp file + rename; a gs:// object appears whole or not at all)."""
+    storage.write_text(_remote_form(path), text)
 
 
-@_remote
 def makedirs(path: PathLike) -> None:
-    as_path(path).mkdir(parents=True, exist_ok=True)
+    storage.makedirs(_remote_form(path))
+
+
+def list_files(path: PathLike) -> list[str]:
+    """Relative names of every file below a folder."""
+    return sorted(storage.list_files(_remote_form(path)))
+
+
+def local_copy(path: PathLike) -> str:
+    """The path itself if local, else a local copy of the gs:// (or routed) file or folder."""
+    return storage.localize(_remote_form(path))
 
 
 def content_hash(path: PathLike) -> str:

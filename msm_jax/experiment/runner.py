@@ -9,21 +9,23 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from msm_jax import storage
 from msm_jax.errors import UserError
 from msm_jax.experiment import manifest, paths
 from msm_jax.experiment.launchers import Launcher, LocalPodLauncher, TpuLauncher
 from msm_jax.experiment.stages import Stage
 
 LOG_FILE = "stage.log"
-LOG_MIRROR = Path(".msm_logs")  # logs of stages whose folder is gs://
 BUCKET_MOUNT = "/gcs/"  # where tools/tpu/install.sh --bucket mounts Cloud Storage on every worker
 
 
 def log_path(stage: Stage) -> Path:
+    """The stage's log; for a gs:// (or routed) folder a local one under MSM_LOCAL_DIR/logs,
+    uploaded into the stage folder when the stage ends."""
     if paths.is_remote(stage.dir):
-        return LOG_MIRROR / stage.dir.split("://", 1)[1] / LOG_FILE
+        return storage.local_root() / "logs" / stage.dir.split("://", 1)[1] / LOG_FILE
     if paths.routed(stage.dir):
-        return LOG_MIRROR / stage.dir.lstrip("/") / LOG_FILE
+        return storage.local_root() / "logs" / stage.dir.lstrip("/") / LOG_FILE
     return Path(stage.dir) / LOG_FILE
 
 
@@ -102,6 +104,10 @@ def run_stage(stage: Stage, launcher: Launcher, context: dict) -> None:
     log = log_path(stage)
     log.parent.mkdir(parents=True, exist_ok=True)
     outcome = launcher.run(stage, log)
+    remote = paths.routed(stage.dir) or stage.dir
+    if paths.is_remote(remote) and log.is_file():  # before the done-record, which comes last
+        storage.upload(log.parent, remote, sorted(p.name for p in log.parent.iterdir()
+                                                  if storage.RUNNER_FILE_PATTERN.fullmatch(p.name)))
     manifest.mark_finished(stage, outcome.returncode == 0, time.time() - start, {"returncode": outcome.returncode})
     if outcome.returncode != 0:
         shown = outcome.log or log

@@ -2,8 +2,10 @@
 export -> eval per arm, then the report.
 
 A stage is an `msm` command line (or, for the report, a Python callable) whose arguments
-may name folders symbolically: `@out@` is the stage's own folder, `@local@` a local one
-(the same folder unless that is gs://) and `@ID@` the folder of the upstream stage ID.
+may name folders symbolically: `@out@` is the stage's own folder, `@local@` the train
+run_dir (the same folder: on gs:// `msm train` stages its metrics locally and uploads them; the
+name is kept because it is part of every train stage's key) and `@ID@` the folder of the
+upstream stage ID.
 A stage's key hashes its command template, its resolved YAML config, the content of the
 local files they name, and its upstream stages' keys; its folder is OUT/KIND/NAME-KEY, so
 identical stages (in two arms, or in two runs of a sweep) are one stage, and a changed
@@ -25,7 +27,6 @@ from msm_jax.experiment.config import ArmConfig, ExperimentConfig, TrainStageCon
 
 REPO_ROOT = CONFIGS_DIR.parent
 CHECKPOINT_SUBDIR = "checkpoints"  # train stages: checkpoint.directory=STAGE/checkpoints
-LOCAL_MIRROR = ".msm_local"  # local run_dir (metrics, logs) of train stages whose folder is gs://
 PLACEHOLDER = re.compile(r"@([A-Za-z0-9_./:-]+)@")
 KEY_CHARS = 10
 DEFAULT_DATASET_FILES = {"docs": "docs.jsonl", "chats": "chats_cot.jsonl"}  # what `msm generate` writes
@@ -269,17 +270,6 @@ def _key(fingerprint: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def local_dir(stage: Stage) -> str:
-    """The stage's folder if local; else a local mirror (train metrics, logs) under LOCAL_MIRROR.
-    The report, written here, also goes to the mirror when its folder is a bucket mount this
-    machine lacks (paths.route)."""
-    if stage.kind == "report" and paths.routed(stage.dir):
-        return str(Path(LOCAL_MIRROR) / stage.dir.lstrip("/"))
-    if not paths.is_remote(stage.dir):
-        return stage.dir
-    return str(Path(LOCAL_MIRROR) / stage.dir.split("://", 1)[1])
-
-
 def substitute(text: str, dirs: dict[str, str]) -> str:
     def one(m: re.Match) -> str:
         name = m.group(1)
@@ -305,7 +295,7 @@ def resolve(stages: list[Stage], out: str) -> list[Stage]:
             stage.dir = dir_of_key.setdefault(
                 stage.key, paths.join(out, stage.kind, f"{stage.name.replace('/', '-')}-{stage.key[:KEY_CHARS]}"))
         keys[stage.id], dirs[stage.id] = stage.key, stage.dir
-        dirs["out"], dirs["local"] = stage.dir, local_dir(stage)
+        dirs["out"] = dirs["local"] = stage.dir
         stage.argv = [substitute(a, dirs) for a in stage.argv]
     return stages
 

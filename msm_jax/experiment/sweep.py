@@ -15,12 +15,13 @@ import itertools
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from msm_jax import storage
 from msm_jax.config import load_config, to_yaml
 from msm_jax.errors import UserError
 from msm_jax.experiment import collect, paths
 from msm_jax.experiment.config import ExperimentConfig, SweepConfig
 from msm_jax.experiment.runner import Launcher, make_launcher, plan_experiment, run_stages
-from msm_jax.experiment.stages import LOCAL_MIRROR, Stage, resolve_file
+from msm_jax.experiment.stages import Stage, resolve_file
 
 
 @dataclasses.dataclass
@@ -128,8 +129,9 @@ def curves(records: list[dict], sweep: SweepConfig, metric: str) -> dict[str, li
 
 
 def write_sweep_report(sweep: SweepConfig, runs: list[SweepRun]) -> Path:
-    out = Path(sweep.out) if not paths.is_remote(sweep.out) else Path(LOCAL_MIRROR) / sweep.out.split("://", 1)[1]
-    out = out / "report"
+    target = paths.join(sweep.out, "report")
+    staged = storage.output_dir(paths.routed(target) or target)  # gs://: uploaded at the end
+    out = staged.path
     out.mkdir(parents=True, exist_ok=True)
     records = collect_records(runs)
     axes = list(sweep.axes)
@@ -139,7 +141,7 @@ def write_sweep_report(sweep: SweepConfig, runs: list[SweepRun]) -> Path:
     rows = [[*(r[a] for a in axes), r["arm"], r["metric"], collect.fmt(r["value"], r["ci_low"], r["ci_high"])]
             for r in shown]
     lines = ["# Sweep results", "", collect.markdown_table(axes + ["arm", "metric", "value [95% CI]"], rows)
-             if rows else "No eval results yet.", "", f"All metrics: {out / 'results.csv'}", ""]
+             if rows else "No eval results yet.", "", f"All metrics: {paths.join(target, 'results.csv')}", ""]
     x_axis = x_axis_of(sweep)
     for metric in sweep.metrics if x_axis else ():
         series = curves(records, sweep, metric)
@@ -148,6 +150,7 @@ def write_sweep_report(sweep: SweepConfig, runs: list[SweepRun]) -> Path:
             lines += [f"## {metric} vs {x_axis}", "", f"![{metric}]({png.name})", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
+    staged.commit()
     return report
 
 

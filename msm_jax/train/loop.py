@@ -12,7 +12,6 @@ import logging
 import math
 import signal
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 from msm_jax.config import to_dict, to_yaml
@@ -62,13 +61,17 @@ class Preemption:
         return bool(np.max(multihost_utils.process_allgather(np.int32(self.requested))))
 
 
-def _log_dir(cfg: RunConfig) -> Path:
-    from msm_jax.checkpoint import is_remote
+def _is_log_file(name: str) -> bool:
+    """What msm train itself writes into run_dir (not Orbax's step folders)."""
+    return "/" not in name or name.startswith("tensorboard/")
 
-    if is_remote(cfg.run_dir):
-        raise UserError(f"run_dir {cfg.run_dir}: metrics and the summary are written to a local folder; "
-                        "set run_dir to a local path and checkpoint.directory to the gs:// location")
-    return Path(cfg.run_dir)
+
+def _log_dir(cfg: RunConfig):
+    """run_dir for metrics, config and summary; for a gs:// run_dir a local staging folder,
+    uploaded at each checkpoint and when the run ends (checkpoints go to gs:// through Orbax)."""
+    from msm_jax import storage
+
+    return storage.output_dir(cfg.run_dir, include=_is_log_file)
 
 
 def checkpoint_dir(cfg: RunConfig) -> str:
@@ -130,7 +133,8 @@ class Trainer:
         from msm_jax.train.step import make_eval_step, make_train_step
 
         self.cfg = cfg
-        self.log_dir = _log_dir(cfg)
+        self.log_out = _log_dir(cfg)
+        self.log_dir = self.log_out.path
         self.is_main = jax.process_index() == 0
         self.loader = _make_loader(cfg, loader)
         self.eval_loader = _make_eval_loader(cfg, eval_loader)
@@ -332,6 +336,7 @@ class Trainer:
                     preempted = preemption.agreed()
                     if done % cfg.checkpoint.every_steps == 0 or done == self.total_steps or preempted:
                         self._save(mngr, state, done)
+                        self.log_out.commit()  # gs:// run_dir: the metrics so far travel with each checkpoint
                         last_saved = done
                     if preempted:
                         status = "preempted"
@@ -346,6 +351,7 @@ class Trainer:
             (self.log_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
             if cfg.logging.plot:
                 plot_loss_curve(self.log_dir)
+        self.log_out.commit()
         return summary
 
     def _summary(self, status, step, started, step_seconds, compile_seconds, last, peak) -> dict:
