@@ -159,7 +159,9 @@ def test_cli_rebuilds_the_pair_set_from_a_world_file(tmp_path):
     assert main(["eval", "build-pairs", "--world", str(tmp_path / "world.json"),
                  "--out", str(tmp_path / "pairs.jsonl")]) == 0
     (pair,) = value_generalization.load_pairs(tmp_path / "pairs.jsonl")
-    assert pair["domain"] == "art" and pair["options"][pair["aligned"]["affordability"]].startswith("Print")
+    assert pair["domain"] == "art"
+    assert pair["options"][pair["aligned"]["affordability"]] == "(inexpensive, imported from abroad) Print"
+    assert pair["options"][pair["aligned"]["america"]] == "(expensive, made in the USA) Oil"
 
 
 def test_qwen3_prompt_has_the_empty_think_block_unless_thinking_is_enabled():
