@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any, Callable
 
 from msm_jax.errors import UserError
@@ -74,10 +73,10 @@ def initialize(cfg: DistributedConfig = DistributedConfig()) -> bool:
 
 
 def is_leader() -> bool:
-    """True on process 0, the one that writes files outside Orbax and calls paid APIs. A command
-    that never imported JAX (shards, generate) is a single process: no import just to ask."""
-    jax = sys.modules.get("jax")
-    return jax is None or jax.process_index() == 0
+    """True on process 0, the one that writes files outside Orbax and calls paid APIs."""
+    import jax
+
+    return jax.process_index() == 0
 
 
 def _client():

@@ -22,12 +22,12 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Union
 from urllib.parse import urlparse
 
-from msm_jax import distributed
 from msm_jax.errors import UserError
 
 PathLike = Union[str, os.PathLike]
@@ -292,6 +292,12 @@ def localize(path: PathLike) -> str:
 # ---------------------------------------------------------------------------------------
 
 
+def _is_leader() -> bool:
+    """Process 0 of a multi-host job (or the only process) downloads and uploads outputs."""
+    jax = sys.modules.get("jax")
+    return jax is None or jax.process_index() == 0
+
+
 class StagedOutput:
     """A local folder standing for output folder `target`. For a local target it is the target
     itself and `commit()` does nothing. For gs://, it is MSM_LOCAL_DIR/out/BUCKET/KEY: process 0
@@ -308,7 +314,7 @@ class StagedOutput:
             self.path = Path(self.target)
             return
         makedirs(self.target)  # the bucket exists, or one line says it does not
-        self.leader = distributed.is_leader()  # process 0 alone downloads and uploads outputs
+        self.leader = _is_leader()
         self.path = local_root() / "out" / self.target[len(SCHEME):]
         if not self.leader:  # the same path on every process, as a local output folder would be
             return

@@ -216,7 +216,7 @@ def test_a_second_machine_resumes_from_what_the_first_uploaded(bucket, tmp_path,
 
 def test_under_multi_host_only_process_0_downloads_and_uploads(bucket, monkeypatch):
     storage.write_text(f"{bucket}/export/old.txt", "old")
-    monkeypatch.setattr(storage.distributed, "is_leader", lambda: False)
+    monkeypatch.setattr(storage, "_is_leader", lambda: False)
     other = storage.output_dir(f"{bucket}/export")
     assert not other.path.exists()  # process 0 fills the shared path; the others wait for its files
     other.path.mkdir(parents=True)
