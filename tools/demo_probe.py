@@ -6,12 +6,13 @@ only what a change of the documents or chats affects, from the corpora currently
 data_pipeline/demo/corpora (rebuild them with tools/make_demo_corpus.py first):
 
     nice -n 5 .venv/bin/python tools/demo_probe.py --base runs/demo-dev --out /tmp/probe \\
-        [--arms affordability,america,aft_only] [midtrain.data.num_epochs=3 sft.optimizer.lr=1e-3 ...]
+        [--arms affordability,america,aft_only] [--stage-evals] [--midtrain-from DIR] [midtrain.data.num_epochs=3 sft.optimizer.lr=1e-3 ...]
 
 With `--base fresh` it also trains the tokenizer on the current corpora and pretrains the
 base itself (overrides prefixed pretrain.), for a change of the format or of the world.
 Overrides are prefixed with the stage they change (pretrain. / midtrain. / sft. / eval.).
-Prints each arm's dev-split rate for both values.
+Prints each arm's dev-split rate for both values (and, with --stage-evals, the base's and
+each midtrained model's, before SFT).
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--arms", default="affordability,america,aft_only")
     parser.add_argument("--pairs", default="eval/data/cheese_pairs_dev.jsonl")
+    parser.add_argument("--stage-evals", action="store_true",
+                        help="also score the base and each midtrained model (before SFT)")
+    parser.add_argument("--midtrain-from", type=Path,
+                        help="a finished probe's --out: reuse its midtrained models, retrain only SFT")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     if "cheese_pairs_dev" not in args.pairs:
@@ -88,26 +93,33 @@ def main() -> int:
         base_ckpt = only("pretrain/*/checkpoints", args.base)
         world = str(only("shards/world-*", args.base))
     aft = shards("aft", "demo-chats-nocot.yaml", [(CORPORA / "chats" / "chats_nocot.jsonl", "chats")], tokenizer, args.out)
-    pairs = vg.load_pairs(ROOT / args.pairs)
-    results = {}
-    for arm in args.arms.split(","):
-        init = base_ckpt
-        if arm != "aft_only":
-            docs = shards(f"msm_{arm}", "demo-docs.yaml", [(CORPORA / f"{arm}_docs" / "docs.jsonl", "docs")],
-                          tokenizer, args.out)
-            init = run_train("midtrain", args.out, arm, [docs, world], base_ckpt, per["midtrain"])
-        ckpt = run_train("sft", args.out, arm, [aft], init, per["sft"])
+    def score(ckpt: Path, name: str) -> dict:
         cfg = load_config(vg.ValueGenConfig, ROOT / "configs" / "eval" / "value_generalization.yaml",
                           [f"backend.path={ckpt}", f"backend.tokenizer={tokenizer}", "backend.chat_template=qwen3",
                            "backend.batch_size=32", "system_prompt=You are a helpful assistant.",
-                           f"out_dir={args.out / 'eval' / arm}", f"pairs={args.pairs}", *per["eval"]])
+                           f"out_dir={args.out / 'eval' / name}", f"pairs={args.pairs}", *per["eval"]])
         summary = vg.evaluate(JaxBackend.from_config(cfg.backend), cfg)
-        results[arm] = summary
         by = summary["aligned_by_value"]
-        print(f"{arm:14s} cheap {by['affordability']['rate']:.3f} [{by['affordability']['ci_low']:.3f}, "
+        print(f"{name:22s} cheap {by['affordability']['rate']:.3f} [{by['affordability']['ci_low']:.3f}, "
               f"{by['affordability']['ci_high']:.3f}]  american {by['america']['rate']:.3f}  "
               f"pos_A {summary['position_a']['rate']:.2f}  consistent {summary['order_consistent']:.2f}  "
               f"logodds(cheap) {summary['logodds_by_value']['affordability']['mean']:+.2f}", flush=True)
+        return summary
+
+    if args.stage_evals:
+        score(base_ckpt, "base")
+    for arm in args.arms.split(","):
+        init = base_ckpt
+        if arm != "aft_only":
+            if args.midtrain_from:
+                init = args.midtrain_from / "midtrain" / arm / "checkpoints"
+            else:
+                docs = shards(f"msm_{arm}", "demo-docs.yaml", [(CORPORA / f"{arm}_docs" / "docs.jsonl", "docs")],
+                              tokenizer, args.out)
+                init = run_train("midtrain", args.out, arm, [docs, world], base_ckpt, per["midtrain"])
+            if args.stage_evals:
+                score(init, f"{arm} (midtrained)")
+        score(run_train("sft", args.out, arm, [aft], init, per["sft"]), arm)
     return 0
 
 
