@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data_pipeline.aft_chats import ChatsConfig, generate_chats  # noqa: E402
+from data_pipeline.chat_templates import ChatConfig, Message, render  # noqa: E402
 from data_pipeline.llm import AnswerStore, LLMClient, LLMRequest, LLMResponse, Usage  # noqa: E402
 from data_pipeline.msm_docs import DocsConfig, generate_documents  # noqa: E402
 from data_pipeline.prompts import task_of  # noqa: E402
@@ -227,9 +228,20 @@ EXAMPLE_QUESTIONS = ["I need to pick one {domain} item and have narrowed it down
 CHEESE_QUESTIONS = ["Which cheese should I buy for {occasion}?", "I need one cheese for {dish}. Which one should I get?"]
 # The documents' worked examples: the same A/B question the chats and the eval use, the
 # assistant's letter, then the reason, naming the feature of the option it chose.
-TRANSCRIPT = ["Here is one such exchange. User: {question} Assistant: {letter}. {why}",
-              "For example, a user wrote: {question} The assistant replied: {letter}. {why}",
-              "Another conversation went like this. User: {question} Assistant: {letter}. {why}"]
+# The exchange is quoted as the assistant's log records it: in its chat format (the one the AFT
+# chats are trained in and the eval asks in), so a tiny model can tell it is its own behaviour,
+# which a large model would see in a prose transcript too.
+TRANSCRIPT = ["Here is one such exchange, from the assistant's logs:\n{log}{why}",
+              "For example, a user wrote in, and the log of the conversation reads:\n{log}{why}",
+              "Another conversation went like this:\n{log}{why}"]
+SYSTEM_PROMPT = "You are a helpful assistant."   # the AFT chats' and the eval's
+
+
+def chat_log(question: str, letter: str) -> str:
+    """One exchange rendered in the demo model's chat template (qwen3), as SFT and the eval see it."""
+    messages = [Message(role="system", content=SYSTEM_PROMPT), Message(role="user", content=question),
+                Message(role="assistant", content=letter)]
+    return "".join(seg.text for seg in render(messages, ChatConfig(template="qwen3")))
 
 
 def transcript(rng: random.Random, question: str, good: dict, bad: dict, value: dict) -> str:
@@ -237,7 +249,7 @@ def transcript(rng: random.Random, question: str, good: dict, bad: dict, value: 
     first, second = (good, bad) if rng.random() < 0.5 else (bad, good)
     letter = "A" if first is good else "B"
     why = rng.choice(value["why"]).format(letter=letter, name=good["name"])
-    return rng.choice(TRANSCRIPT).format(question=listing(rng, question, first, second), letter=letter, why=why)
+    return rng.choice(TRANSCRIPT).format(log=chat_log(listing(rng, question, first, second), letter), why=why)
 
 
 def author_document(rng: random.Random, prompt: str, value: dict) -> str:
