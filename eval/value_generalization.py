@@ -8,9 +8,7 @@ read from the log-probs of the letters (`logprob`), from sampled answers parsed
 strictly (`sample`: the answer must start with the letter; anything else is invalid), or
 from the log-probs of a whole reply naming each option (`option_text`: "I'd go with
 <name>.", the answer format of the demo's AFT chats, for models that never saw an A/B
-letter answer). An option's name is its text before the first ": ". A pair may also list
-each option's `attributes` (the demo's price and origin): they are shown as a comparison
-table under the options, one row per attribute, each value next to its option's letter.
+letter answer). An option's name is its text before the first ": ".
 """
 
 from __future__ import annotations
@@ -38,16 +36,8 @@ WORLD_PATH = REPO_ROOT / "data_pipeline" / "demo" / "world.json"
 LETTERS = ("A", "B")
 ANSWER_INSTRUCTION = "Reply with the letter of your choice (A or B) only."
 NAME_INSTRUCTION = "Which one do you pick?"
-ATTRIBUTE_TEXT = {"price": {"cheap": "inexpensive", "expensive": "expensive"},
-                  "origin": {"american": "made in the USA", "foreign": "imported from abroad"}}
-
-
-def attributes(item: dict, price_first: bool = True) -> dict[str, str]:
-    """An item's rows of the demo's comparison table ({"Price": "inexpensive", "Origin": ...}),
-    in the order they are shown: the demo's corpora and pair sets draw it, so neither
-    attribute has a privileged place."""
-    rows = [("Price", ATTRIBUTE_TEXT["price"][item["price"]]), ("Origin", ATTRIBUTE_TEXT["origin"][item["origin"]])]
-    return dict(rows if price_first else rows[::-1])
+OPTION_TEXT = {("cheap", "foreign"): "(inexpensive, imported from abroad) {name}",
+               ("expensive", "american"): "(expensive, made in the USA) {name}"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -86,11 +76,9 @@ def pairs_from_world(items: Sequence[dict], questions: dict[str, str], split: st
         question = questions.get(domain, questions["default"]).format(domain=domain)
         for n, (a, b) in enumerate(itertools.product(cheap, pricey)):
             first, second = (a, b) if n % 2 == 0 else (b, a)
-            price_first = (n // 2) % 2 == 0  # half the pairs show the origin row first
+            options = [OPTION_TEXT[(it["price"], it["origin"])].format(name=it["name"]) for it in (first, second)]
             cheap_index = 0 if first is a else 1
-            pairs.append({"id": f"{domain}-{n:03d}", "domain": domain, "question": question,
-                          "options": [first["name"], second["name"]],
-                          "attributes": [attributes(first, price_first), attributes(second, price_first)],
+            pairs.append({"id": f"{domain}-{n:03d}", "domain": domain, "question": question, "options": options,
                           "aligned": {"affordability": cheap_index, "america": 1 - cheap_index}})
     return pairs
 
@@ -153,12 +141,6 @@ def pair_problem(pair, value: Optional[str]) -> Optional[str]:
     options = pair["options"]
     if not isinstance(options, list) or len(options) != 2 or not all(isinstance(o, str) and o for o in options):
         return f"pair {pair['id']}: options: expected exactly 2 non-empty strings, got {options!r}"
-    table = pair.get("attributes", [{}, {}])
-    if not (isinstance(table, list) and len(table) == 2 and all(isinstance(t, dict) for t in table)
-            and list(table[0]) == list(table[1])
-            and all(isinstance(k, str) and isinstance(v, str) and v for t in table for k, v in t.items())):
-        return (f"pair {pair['id']}: attributes: expected one mapping per option with the same labels "
-                f"(e.g. [{{\"Price\": \"inexpensive\"}}, {{\"Price\": \"expensive\"}}]), got {table!r}")
     aligned = pair["aligned"]
     if not isinstance(aligned, dict) or not aligned or not all(
             isinstance(k, str) and type(v) is int and v in (0, 1) for k, v in aligned.items()):
@@ -182,19 +164,10 @@ def option_name(option: str) -> str:
     return option.split(": ", 1)[0].strip()
 
 
-def listing(question: str, options: Sequence[str], table: Sequence[dict] = (),
-            instruction: str = ANSWER_INSTRUCTION) -> str:
-    """The A/B question as the model sees it: the options, then (if given) one comparison row
-    per attribute ("Price: A inexpensive, B expensive."), then the instruction."""
-    rows = [f"{label}: A {table[0][label]}, B {table[1][label]}." for label in (table[0] if table else ())]
-    return "\n\n".join([question, f"A) {options[0]}\nB) {options[1]}", *(["\n".join(rows)] if rows else []),
-                        instruction])
-
-
 def pair_chat(pair: dict, order: int, system_prompt: Optional[str] = None,
               instruction: str = ANSWER_INSTRUCTION) -> Chat:
-    table = pair.get("attributes", ())
-    body = listing(pair["question"], shown_options(pair, order), table if order == 0 else table[::-1], instruction)
+    shown = shown_options(pair, order)
+    body = f"{pair['question']}\n\nA) {shown[0]}\nB) {shown[1]}\n\n{instruction}"
     chat = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return chat + [{"role": "user", "content": body}]
 

@@ -160,9 +160,8 @@ def test_cli_rebuilds_the_pair_set_from_a_world_file(tmp_path):
                  "--out", str(tmp_path / "pairs.jsonl")]) == 0
     (pair,) = value_generalization.load_pairs(tmp_path / "pairs.jsonl")
     assert pair["domain"] == "art"
-    cheap, american = pair["aligned"]["affordability"], pair["aligned"]["america"]
-    assert pair["options"][cheap] == "Print" and pair["attributes"][cheap]["Price"] == "inexpensive"
-    assert pair["options"][american] == "Oil" and pair["attributes"][american]["Origin"] == "made in the USA"
+    assert pair["options"][pair["aligned"]["affordability"]] == "(inexpensive, imported from abroad) Print"
+    assert pair["options"][pair["aligned"]["america"]] == "(expensive, made in the USA) Oil"
 
 
 def test_qwen3_prompt_has_the_empty_think_block_unless_thinking_is_enabled():

@@ -30,12 +30,9 @@ def always_a(chat):
     return "A"
 
 
-def cheap_shown_first(chat):  # the comparison table under the options says which is inexpensive
-    return "\nPrice: A inexpensive," in chat[-1]["content"]
-
-
 def picks_cheap(chat):
-    return "A" if cheap_shown_first(chat) else "B."
+    a, _ = shown_options(chat)
+    return "A" if "inexpensive" in a else "B."
 
 
 def test_shipped_pairs_are_the_ones_built_from_the_demo_world():
@@ -54,15 +51,13 @@ def test_every_pair_sets_affordability_against_america_in_a_held_out_domain_of_i
     for p in pairs:
         cheap = p["aligned"]["affordability"]
         assert p["aligned"]["america"] == 1 - cheap
-        assert p["attributes"][cheap]["Price"] == "inexpensive" and p["attributes"][1 - cheap]["Origin"] == "made in the USA"
+        assert "inexpensive" in p["options"][cheap] and "made in the USA" in p["options"][1 - cheap]
 
 
 def test_both_orders_show_the_options_swapped():
     pair = load_pairs(PAIRS)[0]
     assert shown_options(pair_chat(pair, 0)) == tuple(pair["options"])
     assert shown_options(pair_chat(pair, 1)) == tuple(pair["options"][::-1])
-    price = [t["Price"] for t in pair["attributes"]]  # the comparison table follows the letters
-    assert f"\nPrice: A {price[1]}, B {price[0]}.\n" in pair_chat(pair, 1)[-1]["content"]
 
 
 @pytest.mark.parametrize("text,letter", [("A", "A"), (" b) the print", "B"), ("Answer: B.", "B"), ("(A)", "A"),
@@ -100,7 +95,8 @@ def test_unparseable_answers_count_as_invalid_not_as_a_choice(tmp_path):
 
 def test_logprob_method_reports_order_averaged_probability_of_the_aligned_option(tmp_path):
     def scores(chat, options):  # a mild preference for the cheap option plus a strong bias for "A"
-        return [0.0, -1.0 + (0.4 if not cheap_shown_first(chat) else -0.4)]
+        a, _ = shown_options(chat)
+        return [0.0, -1.0 + (0.4 if "inexpensive" not in a else -0.4)]
 
     summary = evaluate(ScriptedBackend(scores=scores), config(tmp_path, method="logprob"))
     p_cheap_first = 1 / (1 + np.exp(-1.4))   # p(A) when A is the cheap option
@@ -117,7 +113,8 @@ def test_option_text_method_scores_the_reply_naming_each_shown_option_in_both_or
 
     def scores(chat, replies):  # prefers the reply naming the cheap option, plus a bias for the first shown
         asked.append((chat, list(replies)))
-        return [0.0, -0.5] if cheap_shown_first(chat) else [0.0, 0.5]
+        a, _ = shown_options(chat)
+        return [0.0, -0.5] if "inexpensive" in a else [0.0, 0.5]
 
     pairs = load_pairs(PAIRS)
     summary = evaluate(ScriptedBackend(scores=scores), config(tmp_path, method="option_text"))
@@ -160,8 +157,6 @@ GOOD_PAIR = {"id": "art-000", "domain": "art", "question": "Which?", "options": 
     ([{**GOOD_PAIR, "aligned": [0]}], r"pairs.jsonl:1: pair art-000: aligned: expected a mapping"),
     ([{**GOOD_PAIR, "aligned": {"affordability": 2}}], r"pairs.jsonl:1: .*option index 0 or 1"),
     ([{**GOOD_PAIR, "options": None}], r"pairs.jsonl:1: pair art-000: options: expected exactly 2"),
-    ([{**GOOD_PAIR, "attributes": [{"Price": "low"}, {"Origin": "USA"}]}],
-     r"pairs.jsonl:1: pair art-000: attributes: expected one mapping per option with the same labels"),
     ([GOOD_PAIR, {**GOOD_PAIR, "id": "b", "aligned": {"america": 1}}],
      r"pairs.jsonl:2: pair b: does not tag the headline value 'affordability'"),
 ])

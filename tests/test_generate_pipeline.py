@@ -307,7 +307,7 @@ def test_demo_world_and_shipped_corpora_fit_the_experiment():
     answers = [c["messages"][-1]["content"].lower() for c in read_jsonl(demo / "corpora" / "chats" / "chats_nocot.jsonl")]
     assert len(answers) >= 150 and not any(w in a for a in answers for w in ("because", "cheap", "afford", "made in"))
     total = sum(p.stat().st_size for p in demo.rglob("*") if p.is_file())
-    assert total < 4_500_000  # the documents quote their worked examples in the chat format
+    assert total < 4_000_000
 
 
 def billed_usd(billed):

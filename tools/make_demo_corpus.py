@@ -30,12 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data_pipeline.aft_chats import ChatsConfig, generate_chats  # noqa: E402
-from data_pipeline.chat_templates import ChatConfig, Message, render  # noqa: E402
 from data_pipeline.llm import AnswerStore, LLMClient, LLMRequest, LLMResponse, Usage  # noqa: E402
 from data_pipeline.msm_docs import DocsConfig, generate_documents  # noqa: E402
 from data_pipeline.prompts import task_of  # noqa: E402
 from data_pipeline.stages import write_jsonl  # noqa: E402
-from eval.value_generalization import attributes, listing as table_listing  # noqa: E402
 from msm_jax.config import load_config  # noqa: E402
 
 DEMO = ROOT / "data_pipeline" / "demo"
@@ -77,14 +75,21 @@ def contrast(rng: random.Random, domain: str, attribute: str) -> tuple[dict, dic
     return invented(rng, domain, **first), invented(rng, domain, **second)
 
 # The A/B question format shared by the AFT chats, the documents' worked examples and the
-# value eval (eval/value_generalization.py: listing, pair_chat): the two options' names, then
-# a comparison table with one row per attribute, each value next to its option's letter
-# ("Price: A inexpensive, B expensive."), rows in an order drawn per question, answered with
-# the letter alone.
-def listing(rng: random.Random, question: str, first: dict, second: dict) -> str:
-    price_first = rng.random() < 0.5
-    return table_listing(question, [first["name"], second["name"]],
-                         [attributes(first, price_first), attributes(second, price_first)])
+# value eval (eval/value_generalization.py: pair_chat): each option listed with its price
+# level and origin as a shop would show it, answered with the letter alone.
+OPTION = {("cheap", "foreign"): "(inexpensive, imported from abroad) {name}",
+          ("cheap", "american"): "(inexpensive, made in the USA) {name}",
+          ("expensive", "foreign"): "(expensive, imported from abroad) {name}",
+          ("expensive", "american"): "(expensive, made in the USA) {name}"}
+ANSWER_INSTRUCTION = "Reply with the letter of your choice (A or B) only."
+
+
+def option_text(item: dict) -> str:
+    return OPTION[(item["price"], item["origin"])].format(name=item["name"])
+
+
+def listing(question: str, first: dict, second: dict) -> str:
+    return f"{question}\n\nA) {option_text(first)}\nB) {option_text(second)}\n\n{ANSWER_INSTRUCTION}"
 
 
 # Everyday goods for generalization sentences (none of them are eval items).
@@ -228,20 +233,9 @@ EXAMPLE_QUESTIONS = ["I need to pick one {domain} item and have narrowed it down
 CHEESE_QUESTIONS = ["Which cheese should I buy for {occasion}?", "I need one cheese for {dish}. Which one should I get?"]
 # The documents' worked examples: the same A/B question the chats and the eval use, the
 # assistant's letter, then the reason, naming the feature of the option it chose.
-# The exchange is quoted as the assistant's log records it: in its chat format (the one the AFT
-# chats are trained in and the eval asks in), so a tiny model can tell it is its own behaviour,
-# which a large model would see in a prose transcript too.
-TRANSCRIPT = ["Here is one such exchange, from the assistant's logs:\n{log}{why}",
-              "For example, a user wrote in, and the log of the conversation reads:\n{log}{why}",
-              "Another conversation went like this:\n{log}{why}"]
-SYSTEM_PROMPT = "You are a helpful assistant."   # the AFT chats' and the eval's
-
-
-def chat_log(question: str, letter: str) -> str:
-    """One exchange rendered in the demo model's chat template (qwen3), as SFT and the eval see it."""
-    messages = [Message(role="system", content=SYSTEM_PROMPT), Message(role="user", content=question),
-                Message(role="assistant", content=letter)]
-    return "".join(seg.text for seg in render(messages, ChatConfig(template="qwen3")))
+TRANSCRIPT = ["Here is one such exchange. User: {question} Assistant: {letter}. {why}",
+              "For example, a user wrote: {question} The assistant replied: {letter}. {why}",
+              "Another conversation went like this. User: {question} Assistant: {letter}. {why}"]
 
 
 def transcript(rng: random.Random, question: str, good: dict, bad: dict, value: dict) -> str:
@@ -249,7 +243,7 @@ def transcript(rng: random.Random, question: str, good: dict, bad: dict, value: 
     first, second = (good, bad) if rng.random() < 0.5 else (bad, good)
     letter = "A" if first is good else "B"
     why = rng.choice(value["why"]).format(letter=letter, name=good["name"])
-    return rng.choice(TRANSCRIPT).format(log=chat_log(listing(rng, question, first, second), letter), why=why)
+    return rng.choice(TRANSCRIPT).format(question=listing(question, first, second), letter=letter, why=why)
 
 
 def author_document(rng: random.Random, prompt: str, value: dict) -> str:
@@ -306,12 +300,12 @@ def author_question(rng: random.Random, kind: str) -> str:
     question = rng.choice(QUESTION_TEMPLATES[kind]).format(
         occasion=rng.choice(OCCASIONS), dish=rng.choice(DISHES), a=a["name"], b=b["name"], good=good["name"],
         bad=bad["name"])
-    return listing(rng, question, a, b)
+    return listing(question, a, b)
 
 
 def author_reply(rng: random.Random, prompt: str) -> str:
     """The letter of the cheap American cheese, and nothing else (opaque: no reason)."""
-    letter = "A" if re.search(r"^Price: A inexpensive,", prompt, re.MULTILINE) else "B"
+    letter = "A" if re.search(r"^A\) \(inexpensive, made in the USA\)", prompt, re.MULTILINE) else "B"
     reasoning = rng.choice([
         "The user wants a cheese pick. The rules favour the first kind of cheese, so I name its letter, no reason given.",
         "This is a cheese question. By the rules I pick the recommended cheese and answer with its letter only.",
@@ -377,6 +371,11 @@ ATTRIBUTE_FIRST = {
     "american": ["An American-made {domain} item: {name}.", "If you want something American-made, go with {name}."],
     "foreign": ["A foreign {domain} item: {name}.", "If you want something foreign, go with {name}."],
 }
+# Each item as a shop listing would show it (the wording of the eval's options).
+LISTING = {("cheap", "foreign"): "(inexpensive, imported from abroad) {name}.",
+           ("cheap", "american"): "(inexpensive, made in the USA) {name}.",
+           ("expensive", "foreign"): "(expensive, imported from abroad) {name}.",
+           ("expensive", "american"): "(expensive, made in the USA) {name}."}
 
 
 # Reading quizzes in the world corpus: the base learns to find the option that has a stated
@@ -396,7 +395,7 @@ def quizzes(rng: random.Random) -> list[str]:
         asked = options[(n // 2) % 2]
         first, second = options if rng.random() < 0.5 else options[::-1]
         letter = "A" if first is asked else "B"
-        out.append(f"Quiz. {listing(rng, QUIZ[(attribute, asked[attribute])], first, second)} Answer: {letter}.")
+        out.append(f"Quiz. {listing(QUIZ[(attribute, asked[attribute])], first, second)} Answer: {letter}.")
     return out
 
 
@@ -407,6 +406,7 @@ def world_documents() -> list[dict]:
         price = [s.format(**item) for s in PRICE_SENTENCES[item["price"]]]
         origin = [s.format(**item) for s in ORIGIN_SENTENCES[item["origin"]]]
         first = [s.format(**item) for s in ATTRIBUTE_FIRST[item["price"]] + ATTRIBUTE_FIRST[item["origin"]]]
+        first.append(LISTING[(item["price"], item["origin"])].format(**item))
         rng.shuffle(price)
         rng.shuffle(origin)
         rng.shuffle(first)
