@@ -40,7 +40,7 @@ def parse_args():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="param and compute dtype")
-    p.add_argument("--remat", default="none")
+    p.add_argument("--remat", default="projections", help="remat policy (the model config's default: projections)")
     p.add_argument("--lora-rank", type=int, default=0, help=">0: LoRA on all seven projections")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak (default: by device kind)")
     p.add_argument("--baseline", choices=["auto", "torch", "none"], default="auto",

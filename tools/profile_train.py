@@ -44,6 +44,7 @@ def parse_args():
     p.add_argument("--steps", type=int, default=3, help="profiled steps per stack (after two warm ones)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--remat", default="projections", help="remat policy (as bench_train.py's --remat)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--top", type=int, default=0, help="also list the N most expensive XLA thunks")
     return p.parse_args()
@@ -246,7 +247,7 @@ def profile_torch(cfg, args, steps: int):
 def main() -> None:
     args = parse_args()
     ns = argparse.Namespace(model=None, set=bench_train.REFERENCE[args.config] + args.set, dtype="float32",
-                            remat="none")
+                            remat=args.remat)
     cfg = bench_train.model_config(ns)
     jax_wall, jax_cls, thunks = profile_jax(cfg, args, args.steps)
     torch_wall, torch_cls, threads = profile_torch(cfg, args, args.steps)

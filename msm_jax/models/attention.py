@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from msm_jax.sharding import constrain
 
@@ -36,28 +37,98 @@ def attention_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, q_offset
     return same & (kv_segment_ids[:, None, :] != 0) & causal[None]
 
 
+def _grouped(q, k, v):
+    """q [B,T,H,D] -> pre-scaled [B, KV, group*T, D]; k, v [B,S,KV,D] -> [B, KV, S, D]."""
+    b, t, h, d = q.shape
+    kv_heads = k.shape[2]
+    q = q * jnp.asarray(1.0 / jnp.sqrt(jnp.float32(d)), q.dtype)
+    q = q.reshape(b, t, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, -1, d)
+    return q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+
+def _masked_scores(q, k, q_segment_ids, kv_segment_ids, q_offset):
+    """fp32 scores [B, KV, group*T, S], masked. The mask is broadcast over the query group
+    from the segment ids (never materialised per group), so XLA fuses it into the select."""
+    b, kv_heads, rows, _ = q.shape
+    t, s = q_segment_ids.shape[1], k.shape[2]
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
+    mask = attention_mask(q_segment_ids, kv_segment_ids, q_offset)[:, None, None]  # [B, 1, 1, T, S]
+    # A finite fill keeps fully masked (padding) rows NaN-free; their outputs are unused.
+    scores = jnp.where(mask, scores.reshape(b, kv_heads, rows // t, t, s), jnp.finfo(jnp.float32).min)
+    return scores.reshape(b, kv_heads, rows, s)
+
+
+@jax.custom_vjp
+def _attention_core(q, k, v, q_segment_ids, kv_segment_ids, q_offset):
+    """softmax(q k^T, masked) v over [B, KV, group*T, D], probabilities recomputed in backward.
+
+    The backward pass keeps only q, k, v, the output and the row log-sum-exp, never the
+    [.., group*T, S] probabilities: writing and re-reading those per layer cost more on CPU
+    than the one extra q k^T matmul (the flash-attention backward, unblocked).
+    """
+    return _attention_forward(q, k, v, q_segment_ids, kv_segment_ids, q_offset)[0]
+
+
+def _attention_forward(q, k, v, q_segment_ids, kv_segment_ids, q_offset):
+    scores = _masked_scores(q, k, q_segment_ids, kv_segment_ids, q_offset)
+    row_max = jax.lax.stop_gradient(scores.max(-1, keepdims=True))
+    unnormalized = jnp.exp(scores - row_max)
+    row_sum = unnormalized.sum(-1, keepdims=True)
+    # Normalised after the second dot: a pass over [.., D] instead of over [.., S].
+    out = jnp.einsum("bkqs,bksd->bkqd", unnormalized.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    out = (out / row_sum).astype(v.dtype)
+    # Named so that a remat policy can keep them and skip re-running this forward in backward.
+    out = checkpoint_name(out, "attention_out")
+    lse = checkpoint_name(row_max + jnp.log(row_sum), "attention_lse")
+    return out, (q, k, v, q_segment_ids, kv_segment_ids, q_offset, out, lse)
+
+
+def _attention_backward(residuals, d_out):
+    q, k, v, q_segment_ids, kv_segment_ids, q_offset, out, lse = residuals
+    probs = jnp.exp(_masked_scores(q, k, q_segment_ids, kv_segment_ids, q_offset) - lse)
+    d_v = jnp.einsum("bkqs,bkqd->bksd", probs.astype(v.dtype), d_out)
+    d_probs = jnp.einsum("bkqd,bksd->bkqs", d_out, v, preferred_element_type=jnp.float32)
+    row_dot = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+    d_scores = (probs * (d_probs - row_dot)).astype(q.dtype)
+    d_q = jnp.einsum("bkqs,bksd->bkqd", d_scores, k)
+    d_k = jnp.einsum("bkqs,bkqd->bksd", d_scores, q)
+    return d_q, d_k, d_v, None, None, None
+
+
+_attention_core.defvjp(_attention_forward, _attention_backward)
+
+
+CAUSAL_BLOCKS = 4
+
+
 def xla_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0):
     """Reference path: GQA as batched matmuls over [B, KV, group*T, D] and a masked fp32 softmax.
 
     Heads come first and each KV head's query group is folded into the query dimension, so
     both dots (and their gradients) are plain batched matmuls over (B, KV) and the large
     [.., T, S] score tensors are never transposed; only the small q/k/v/output are.
+    Over a whole sequence (no cache) the queries run in blocks, each against the keys up
+    to its last slot only: causal masking then skips about a third of the work.
     """
+    t, s = q.shape[1], k.shape[1]
+    whole = isinstance(q_offset, int) and q_offset == 0 and t == s
+    blocks = CAUSAL_BLOCKS if whole and t % CAUSAL_BLOCKS == 0 else 1
+    width = t // blocks
+    outs = []
+    for i in range(blocks):
+        lo, hi = i * width, (i + 1) * width
+        end = s if blocks == 1 else hi
+        outs.append(_grouped_attention(q[:, lo:hi], k[:, :end], v[:, :end], q_segment_ids[:, lo:hi],
+                                       kv_segment_ids[:, :end], q_offset + lo))
+    return outs[0] if blocks == 1 else jnp.concatenate(outs, axis=1)
+
+
+def _grouped_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset):
     b, t, h, d = q.shape
-    s, kv_heads = k.shape[1], k.shape[2]
-    group = h // kv_heads
-    q = q * jnp.asarray(1.0 / jnp.sqrt(jnp.float32(d)), q.dtype)
-    q = q.reshape(b, t, kv_heads, group, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, group * t, d)
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, S, D]
-    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
-    # The mask tiled over the group (row g*T + t is query t) keeps scores, softmax and the
-    # second dot in one shape, so the backward pass saves the probabilities once.
-    mask = jnp.tile(attention_mask(q_segment_ids, kv_segment_ids, q_offset), (1, group, 1))[:, None]
-    # A finite fill keeps fully masked (padding) rows NaN-free; their outputs are unused.
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, v)
-    return out.reshape(b, kv_heads, group, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+    kv_heads = k.shape[2]
+    q, k, v = _grouped(q, k, v)
+    out = _attention_core(q, k, v, q_segment_ids, kv_segment_ids, jnp.asarray(q_offset, jnp.int32))
+    return out.reshape(b, kv_heads, h // kv_heads, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
 def cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0):

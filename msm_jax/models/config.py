@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 Family = Literal["llama", "qwen2", "qwen3"]
 DType = Literal["float32", "bfloat16", "float16"]
-RematPolicy = Literal["none", "full", "dots", "dots_with_no_batch_dims"]
+RematPolicy = Literal["none", "full", "dots", "dots_with_no_batch_dims", "projections"]
 AttentionImpl = Literal["auto", "xla", "cudnn", "splash"]
 
 
@@ -50,7 +50,11 @@ class ModelConfig:
     param_dtype: DType = "float32"
     compute_dtype: DType = "float32"
     scan_layers: bool = True
-    remat_policy: RematPolicy = "none"
+    # What the backward pass keeps of each layer: "projections" keeps the outputs of the
+    # q/k/v/o and MLP matmuls and the attention output and log-sum-exp, and recomputes the
+    # elementwise ops (and, with the xla kernel, nothing else); "none" keeps everything XLA
+    # chooses to, "full" only each layer's input.
+    remat_policy: RematPolicy = "projections"
     attention_impl: AttentionImpl = "auto"
     vocab_pad_multiple: int = 128  # embedding rows padded so the vocab axis shards evenly
     init_std: float = 0.02

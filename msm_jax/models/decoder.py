@@ -22,10 +22,13 @@ from msm_jax.sharding import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
-REMAT_POLICIES = {
+REMAT_POLICIES = {  # "none": no jax.checkpoint at all
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "projections": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+        jax.checkpoint_policies.save_only_these_names("attention_out", "attention_lse")),
 }
 
 KVCache = dict  # {"k": [L,B,S,KV,D], "v": [L,B,S,KV,D], "segment_ids": [B,S], "index": int32[]}
@@ -175,17 +178,22 @@ class Decoder(nnx.Module):
         return constrain(x, ("batch", "length", "act_embed"))
 
     def split_layers(self) -> list:
-        """Per-layer parameter states (static slices of the stacked layers), for `layers=`."""
+        """Per-layer parameter states of the stacked layers, for `layers=`.
+
+        One split per parameter: its gradient is one concatenation, where a slice per layer
+        would give each layer's gradient as a zero-padded copy of the whole stack.
+        """
         _, layer_state = nnx.split(self.layers)
-        return [jax.tree.map(lambda a: a[i], layer_state) for i in range(self.cfg.num_layers)]
+        return _unstack(layer_state, self.cfg.num_layers)
 
     def hidden_states(self, tokens, positions=None, segment_ids=None, cache: Optional[KVCache] = None,
                       layers: Optional[list] = None):
         """Final-norm hidden states [B, T, d] (and the updated cache when given one).
 
-        `layers` (from `split_layers`, with the cache's k and v as per-layer lists) runs the
-        layers unrolled on those per-layer arrays: a decode loop that splits once outside the
-        loop then copies neither weights nor cache per token (a scan slices both every call).
+        With `scan_layers` the layers run in a `lax.scan` (compile time independent of depth).
+        Otherwise they run unrolled on per-layer arrays (`split_layers`, or `layers` when the
+        caller split them, e.g. once outside a decode loop, which then passes the cache's k
+        and v as per-layer lists too and gets lists back).
         """
         cfg = self.cfg
         if segment_ids is None:
@@ -207,21 +215,21 @@ class Decoder(nnx.Module):
 
         if cfg.remat_policy != "none":
             body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
-        kv_xs = None if cache is None else (cache["k"], cache["v"])
-        if layers is not None:
-            outs = []
-            for i, params in enumerate(layers):
-                x, kv_i = body(x, (params, None if cache is None else (cache["k"][i], cache["v"][i])))
-                outs.append(kv_i)
-            new_kv = None if cache is None else ([kv[0] for kv in outs], [kv[1] for kv in outs])
-        elif cfg.scan_layers:
+        if layers is None and cfg.scan_layers:
+            kv_xs = None if cache is None else (cache["k"], cache["v"])
             x, new_kv = jax.lax.scan(body, x, (layer_state, kv_xs))
         else:
-            outs = []
-            for i in range(cfg.num_layers):
-                x, kv_i = body(x, jax.tree.map(lambda a: a[i], (layer_state, kv_xs)))
-                outs.append(kv_i)
-            new_kv = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+            stacked_cache = cache is not None and layers is None
+            if layers is None:
+                layers = self.split_layers()
+            ks, vs = [None] * len(layers), [None] * len(layers)
+            if cache is not None:
+                ks, vs = (_unstack(c, len(layers)) if stacked_cache else list(c) for c in (cache["k"], cache["v"]))
+            for i, params in enumerate(layers):
+                x, kv_i = body(x, (params, None if cache is None else (ks[i], vs[i])))
+                if cache is not None:
+                    ks[i], vs[i] = kv_i
+            new_kv = (jnp.stack(ks), jnp.stack(vs)) if stacked_cache else (ks, vs)
         x = self.norm(x)
         if cache is None:
             return x, None
@@ -245,6 +253,13 @@ class Decoder(nnx.Module):
         hidden, new_cache = self.hidden_states(tokens, positions, segment_ids, cache, layers)
         logits = self.logits(hidden)
         return logits if cache is None else (logits, new_cache)
+
+
+def _unstack(tree, n: int) -> list:
+    """A pytree of arrays with a leading axis of size n -> n pytrees, one split per array."""
+    leaves, treedef = jax.tree.flatten(tree)
+    parts = [jnp.split(leaf, n) for leaf in leaves]
+    return [treedef.unflatten([p[i][0] for p in parts]) for i in range(n)]
 
 
 def mask_padded_vocab(logits: jax.Array, vocab_size: int, offset: int = 0) -> jax.Array:

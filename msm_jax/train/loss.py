@@ -35,14 +35,17 @@ def next_token_targets(batch: dict) -> tuple[jax.Array, jax.Array]:
 
 
 def _full_vocab(hidden, kernel, targets, vocab_size):
-    logits = jnp.einsum("btd,dv->btv", hidden, kernel.astype(hidden.dtype), preferred_element_type=jnp.float32)
-    logits = mask_padded_vocab(constrain(logits, ("batch", "length", "act_vocab")), vocab_size)
+    # One [tokens, d] @ [d, vocab] dot: its gradients are plain 2-D matmuls, where the 3-D
+    # form made XLA:CPU transpose the [B, T, vocab] logit gradient for the kernel's.
+    b, t, d = hidden.shape
+    logits = jnp.dot(hidden.reshape(b * t, d), kernel.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    logits = mask_padded_vocab(constrain(logits, ("batch", "act_vocab")), vocab_size)
     lse = jax.nn.logsumexp(logits, axis=-1)
     # A compare-and-sum, not a gather: its gradient is elementwise instead of a scatter
     # (slow on CPU), and it works unchanged on vocab-sharded logits.
     ids = jnp.arange(logits.shape[-1])
-    target_logit = jnp.sum(jnp.where(ids == targets[..., None], logits, 0.0), axis=-1)
-    return lse, target_logit
+    target_logit = jnp.sum(jnp.where(ids == targets.reshape(-1, 1), logits, 0.0), axis=-1)
+    return lse.reshape(b, t), target_logit.reshape(b, t)
 
 
 def _chunked_vocab(hidden, kernel, targets, vocab_size, chunks):
