@@ -27,9 +27,12 @@ import sys
 import tempfile
 import time
 import traceback
+import typing
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from msm_jax.models.config import RematPolicy  # noqa: E402
 
 PARTS = ("attention", "mfu", "sampler", "vllm")
 
@@ -51,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--batch", type=int, default=None, help="train batch (default 8; dry run 2)")
     p.add_argument("--seq", type=int, default=None, help="train sequence length (default 2048; dry run 64)")
-    p.add_argument("--remat", default="none", choices=["none", "projections", "full", "dots", "dots_with_no_batch_dims"])
+    p.add_argument("--remat", default="none", choices=typing.get_args(RematPolicy))
     p.add_argument("--steps", type=int, default=None, help="timed train steps (default 10; dry run 2)")
     args = p.parse_args(argv)
     parts = [x.strip() for x in args.only.split(",") if x.strip()]
