@@ -6,7 +6,10 @@ only what a change of the documents or chats affects, from the corpora currently
 data_pipeline/demo/corpora (rebuild them with tools/make_demo_corpus.py first):
 
     nice -n 5 .venv/bin/python tools/demo_probe.py --base runs/demo-dev --out /tmp/probe \\
-        [--arms affordability,america,aft_only] [--stage-evals] [--midtrain-from DIR] [midtrain.data.num_epochs=3 sft.optimizer.lr=1e-3 ...]
+        [--arms affordability,america,aft_only] [--stage-evals] [--midtrain-from DIR] [--corpora DIR] \\
+        [midtrain.data.num_epochs=3 sft.optimizer.lr=1e-3 ...]
+
+`--corpora` reads a copy of data_pipeline/demo/corpora instead (two designs probed at once).
 
 With `--base fresh` it also trains the tokenizer on the current corpora and pretrains the
 base itself (overrides prefixed pretrain.), for a change of the format or of the world.
@@ -72,6 +75,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--arms", default="affordability,america,aft_only")
     parser.add_argument("--pairs", default="eval/data/cheese_pairs_dev.jsonl")
+    parser.add_argument("--corpora", type=Path, default=CORPORA,
+                        help="a copy of data_pipeline/demo/corpora (to probe two designs at once)")
     parser.add_argument("--stage-evals", action="store_true",
                         help="also score the base and each midtrained model (before SFT)")
     parser.add_argument("--midtrain-from", type=Path,
@@ -83,16 +88,16 @@ def main() -> int:
     per = {k: [o.split(".", 1)[1] for o in args.overrides if o.startswith(k + ".")]
            for k in ("pretrain", "midtrain", "sft", "eval")}
     if str(args.base) == "fresh":
-        corpora = [CORPORA / "affordability_docs" / "docs.jsonl", CORPORA / "america_docs" / "docs.jsonl",
-                   CORPORA / "chats" / "chats_nocot.jsonl", CORPORA / "world_docs.jsonl"]
+        corpora = [args.corpora / "affordability_docs" / "docs.jsonl", args.corpora / "america_docs" / "docs.jsonl",
+                   args.corpora / "chats" / "chats_nocot.jsonl", args.corpora / "world_docs.jsonl"]
         tokenizer = train_sentencepiece(corpora, args.out / "tokenizer" / "fresh" / "tokenizer", vocab_size=1024)
-        world = shards("world-fresh", "demo-docs.yaml", [(CORPORA / "world_docs.jsonl", "docs")], tokenizer, args.out)
+        world = shards("world-fresh", "demo-docs.yaml", [(args.corpora / "world_docs.jsonl", "docs")], tokenizer, args.out)
         base_ckpt = run_train("pretrain", args.out, "base", [world], None, per["pretrain"])
     else:
         tokenizer = only("tokenizer/*/tokenizer.model", args.base)
         base_ckpt = only("pretrain/*/checkpoints", args.base)
         world = str(only("shards/world-*", args.base))
-    aft = shards("aft", "demo-chats-nocot.yaml", [(CORPORA / "chats" / "chats_nocot.jsonl", "chats")], tokenizer, args.out)
+    aft = shards("aft", "demo-chats-nocot.yaml", [(args.corpora / "chats" / "chats_nocot.jsonl", "chats")], tokenizer, args.out)
     def score(ckpt: Path, name: str) -> dict:
         cfg = load_config(vg.ValueGenConfig, ROOT / "configs" / "eval" / "value_generalization.yaml",
                           [f"backend.path={ckpt}", f"backend.tokenizer={tokenizer}", "backend.chat_template=qwen3",
@@ -114,7 +119,7 @@ def main() -> int:
             if args.midtrain_from:
                 init = args.midtrain_from / "midtrain" / arm / "checkpoints"
             else:
-                docs = shards(f"msm_{arm}", "demo-docs.yaml", [(CORPORA / f"{arm}_docs" / "docs.jsonl", "docs")],
+                docs = shards(f"msm_{arm}", "demo-docs.yaml", [(args.corpora / f"{arm}_docs" / "docs.jsonl", "docs")],
                               tokenizer, args.out)
                 init = run_train("midtrain", args.out, arm, [docs, world], base_ckpt, per["midtrain"])
             if args.stage_evals:
