@@ -16,6 +16,14 @@ Classes: dense matmuls (q/k/v/o, MLP, LM head) forward and backward; attention c
 softmax/loss (log-softmax over the vocabulary, target pick, sums); optimizer (AdamW,
 clipping, gradient norm, the non-finite guard); scan/copies (layer-stack slicing and
 stacking, buffer initialisation, copies, control flow); other.
+
+The classes are CPU time, not wall time: XLA runs independent thunks on both cores at once
+(our classes add up to more than the step), while a torch op's self time is the wall time of
+the op on the calling thread (its OpenMP workers' time is not added). So a class's ratio is
+not its share of the wall-time gap. `--ablate-attention` measures that share for the
+attention core directly: both stacks also train with the core replaced by a stand-in of the
+same shapes (q times v, no scores), steps interleaved, and the difference in median step
+time is what attention costs each stack per step.
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ def parse_args():
     p.add_argument("--remat", default="projections", help="remat policy (as bench_train.py's --remat)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--top", type=int, default=0, help="also list the N most expensive XLA thunks")
+    p.add_argument("--ablate-attention", action="store_true", help="instead of tracing: wall time per step with "
+                   "and without the attention core on both stacks (interleaved; --steps 12 or more)")
     return p.parse_args()
 
 
@@ -244,11 +254,81 @@ def profile_torch(cfg, args, steps: int):
     return wall * 1e3, per_class, torch.get_num_threads()
 
 
+# -- attention ablation ---------------------------------------------------------------------
+
+def _stand_in(q, k, v):
+    """Same shapes in and out as attention, no scores: q times v (GQA heads repeated)."""
+    import jax.numpy as jnp
+
+    return q * jnp.repeat(v, q.shape[2] // v.shape[2], axis=2)
+
+
+def _torch_stand_in(q, k, v, *args, **kwargs):
+    """The torch counterpart on [B, H, T, D] (k, v may have fewer heads: GQA)."""
+    if v.shape[1] != q.shape[1]:
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    return q * v
+
+
+def ablate_attention(cfg, args) -> dict:
+    """Median step times (ms) of both stacks with and without the attention core."""
+    import statistics
+
+    import torch.nn.functional as F
+
+    from msm_jax.models import attention
+
+    ns = argparse.Namespace(mesh="data=1,fsdp=-1,tensor=1", batch=args.batch, seq=args.seq, grad_accum=1, lora_rank=0)
+    sdpa = F.scaled_dot_product_attention
+
+    def without(step, torch_side: bool):
+        def one():
+            if torch_side:
+                F.scaled_dot_product_attention = _torch_stand_in
+            try:
+                return step()
+            finally:
+                F.scaled_dot_product_attention = sdpa
+        return one
+
+    runs = {"jax": bench_train.jax_stepper(cfg, ns)[1]}
+    xla = attention._IMPLS["xla"]
+    attention._IMPLS["xla"] = lambda q, k, v, *rest: _stand_in(q, k, v)
+    try:
+        runs["jax without attention"] = bench_train.jax_stepper(cfg, ns)[1]  # traced (and compiled) here
+    finally:
+        attention._IMPLS["xla"] = xla
+    runs["torch"] = bench_train.torch_stepper(cfg, ns)
+    F.scaled_dot_product_attention = _torch_stand_in
+    try:
+        runs["torch without attention"] = without(bench_train.torch_stepper(cfg, ns), True)
+    finally:
+        F.scaled_dot_product_attention = sdpa
+    times = {name: [] for name in runs}
+    for _ in range(args.steps):
+        for name, one in runs.items():
+            times[name].append(one())
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
 def main() -> None:
     args = parse_args()
     ns = argparse.Namespace(model=None, set=bench_train.REFERENCE[args.config] + args.set, dtype="float32",
                             remat=args.remat)
     cfg = bench_train.model_config(ns)
+    if args.ablate_attention:
+        ms = ablate_attention(cfg, args)
+        result = {"config": args.config, "steps": args.steps, "load_1min": os.getloadavg()[0], "step_ms": ms,
+                  "attention_ms": {s: ms[s] - ms[f"{s} without attention"] for s in ("jax", "torch")}}
+        if args.json:
+            print(json.dumps(result))
+            return
+        print(f"{args.config}, scan_layers={str(cfg.scan_layers).lower()}, median of {args.steps} interleaved steps, "
+              f"load {result['load_1min']:.2f}")
+        print("| stack | step ms | without attention | attention ms/step |\n|---|---|---|---|")
+        for s, label in (("jax", "msm-jax"), ("torch", "transformers+torch")):
+            print(f"| {label} | {ms[s]:.0f} | {ms[s + ' without attention']:.0f} | {result['attention_ms'][s]:.0f} |")
+        return
     jax_wall, jax_cls, thunks = profile_jax(cfg, args, args.steps)
     torch_wall, torch_cls, threads = profile_torch(cfg, args, args.steps)
     load = os.getloadavg()[0]
