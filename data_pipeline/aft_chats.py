@@ -13,11 +13,12 @@ import math
 from pathlib import Path
 from typing import Literal, Optional
 
-from data_pipeline.llm import LLMClient, LLMConfig, SpendLimitReached
+from data_pipeline.llm import LLMClient, LLMConfig, LLMError, SpendLimitReached
 from data_pipeline.prompts import render
 from data_pipeline.quality import NearDuplicateIndex, Rejected, extract_tag, parse_chat_reply
 from data_pipeline.spec import load_spec
-from data_pipeline.stages import StageRunner, round_robin, run_report, write_jsonl, write_report
+from data_pipeline.stages import (SPEND_LEDGER, StageRunner, fail_stage, round_robin, run_report, write_jsonl,
+                                  write_report)
 
 QUESTION_KINDS = {
     "direct": "asks plainly what the assistant would choose or do",
@@ -111,7 +112,9 @@ def judge_replies(runner: StageRunner, cfg: ChatsConfig, pairs: list[tuple[str, 
 
 
 def generate_chats(cfg: ChatsConfig, client: LLMClient, progress: bool = True) -> dict:
+    """Like generate_documents: spend in out_dir/spend.jsonl, nothing written on an API error."""
     spec = load_spec(cfg.spec)
+    client.spend.open_ledger(Path(cfg.out_dir) / SPEND_LEDGER)
     runner = StageRunner(client, spec, cfg.model_name, cfg.temperature, cfg.use_batch, progress)
     accepted: list[dict] = []
     stopped = "done"
@@ -133,11 +136,13 @@ def generate_chats(cfg: ChatsConfig, client: LLMClient, progress: bool = True) -
                 stopped = "out_of_questions"
                 break
             _answer_round(runner, cfg, picks, accepted)
-            _write(cfg, accepted)
+            runner.check_cap()   # after the round's paid chats are kept
         if stopped == "done" and len(accepted) < cfg.chats:
             stopped = "max_rounds"
     except SpendLimitReached as e:
         stopped = f"spend_limit: {e}"
+    except LLMError as e:   # refused (bad key, unknown model, bad request) or a batch not readable
+        raise fail_stage("chats", e) from None
     _write(cfg, accepted)
     report = run_report(runner, stage="chats", spec=spec.name, spec_sha=spec.sha, stopped=stopped,
                         chats=len(accepted), requested=cfg.chats)

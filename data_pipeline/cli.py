@@ -33,6 +33,8 @@ def add_parser(subparsers) -> None:
     shards.add_argument("--budget-tokens", type=int, help="exact nested token budget (overrides `budget_tokens`)")
     shards.add_argument("--skip-bad", action="store_true", help="skip and count malformed lines instead of failing")
     shards.add_argument("--force", action="store_true", help="rebuild even when the manifest says up to date")
+    shards.add_argument("--overwrite", action="store_true",
+                        help="write into an --out folder that holds other files (they are left untouched)")
     shards.set_defaults(func=run_shards)
 
 
@@ -64,11 +66,13 @@ def run_shards(args: argparse.Namespace) -> int:
     if args.skip_bad:
         overrides.append("skip_bad=true")
     cfg = load_config(ShardsConfig, args.config, overrides)
-    manifest = build_shards(cfg, force=args.force)
-    counts = manifest["counts"]
+    manifest = build_shards(cfg, force=args.force, overwrite=args.overwrite)
+    counts, overlong = manifest["counts"], manifest["overlong"]
+    dropped = (f", {overlong['dropped']} over-long dropped ({overlong['tokens_dropped']} tokens)"
+               if overlong["dropped"] else "")
     print(f"{cfg.out}: {manifest['num_rows']} rows of {manifest['seq_len']} tokens, "
           f"{counts['documents']} documents, {counts['tokens']} tokens ({counts['loss_tokens']} trained), "
-          f"packing efficiency {manifest['packing_efficiency']:.4f}")
+          f"packing efficiency {manifest['packing_efficiency']:.4f}{dropped}")
     skipped = sum(i["skipped"] for i in manifest["inputs"])
     if skipped:
         print(f"skipped {skipped} bad lines: {[i['skipped_by_reason'] for i in manifest['inputs']]}")

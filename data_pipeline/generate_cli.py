@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
         p.add_argument("--backend", choices=("anthropic", "replay", "openai"), help="llm.backend")
         p.add_argument("--base-url", help="llm.base_url (a local server, a vLLM endpoint)")
         p.add_argument("--store", help="llm.store_dir: the answer store (reused, never re-bought)")
-        p.add_argument("--max-spend", type=float, metavar="USD", help="stop cleanly at this estimated spend")
+        p.add_argument("--max-spend", type=float, metavar="USD",
+                       help="stop cleanly (exit 3) once the stage's estimated spend, over all its runs, reaches USD")
         p.add_argument("--batch", action="store_true", help="use the Message Batches API for bulk stages")
         p.add_argument("--preview", action="store_true", help="print the plan and its estimated cost; spend nothing")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -70,4 +71,11 @@ def run_generate(args) -> int:
                                              "prompt_cache_read_share", "estimated_cost_usd", "gates")},
                      indent=1))
     print(f"wrote {cfg.out_dir}", file=sys.stderr)
-    return 3 if report["stopped"].startswith("spend_limit") else 0
+    if report["stopped"].startswith("spend_limit"):
+        return 3   # stopped by --max-spend: a rerun with a higher limit continues
+    produced = report["documents"] if args.what == "docs" else report["chats"]
+    if produced == 0:
+        print(f"msm: error: generate {args.what} produced nothing (stopped: {report['stopped']}); "
+              f"see the gates in {cfg.out_dir}", file=sys.stderr)
+        return 1
+    return 0

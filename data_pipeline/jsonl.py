@@ -93,15 +93,20 @@ def read_jsonl(path: Path, parse: Callable[[dict], T], *, skip_bad: bool,
                stats: ReadStats) -> Iterator[tuple[int, T]]:
     """(line number, parse(record)) for each good line; `parse` raises BadLine on bad records."""
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")  # decoded per line, so one non-UTF-8 line is one bad line
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror}") from None
     with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             stats.lines += 1
             try:
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise BadLine(f"not UTF-8 text (byte {raw[e.start]:#x} at column {e.start + 1})",
+                                  "not UTF-8") from None
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:

@@ -25,6 +25,7 @@ from typing import Optional
 import numpy as np
 
 from data_pipeline.packing import FIELDS, decode_row
+from msm_jax.config import ConfigError
 from msm_jax.errors import UserError
 
 
@@ -63,6 +64,23 @@ def read_manifest(shard_dir: str | Path) -> dict:
         raise UserError(f"{path}: no manifest; is {shard_dir} a shard directory written by `msm shards`?") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: corrupt manifest: {e}") from None
+
+
+def open_rows(shard_dir: str, manifest: dict):
+    """Grain's source over the row files the manifest lists; a missing or damaged file is named."""
+    import grain
+
+    files = [Path(shard_dir) / name for name in manifest.get("files", [])]
+    if not files:
+        raise UserError(f"{shard_dir}: the manifest lists no row files; rebuild it with `msm shards`")
+    for path in files:
+        if not path.is_file():
+            raise UserError(f"{path}: row file listed in the manifest is missing; rebuild with `msm shards --force`")
+    try:
+        return grain.sources.ArrayRecordDataSource([str(f) for f in files])
+    except RuntimeError as e:  # array_record: truncated or corrupt file
+        raise UserError(f"{shard_dir}: cannot read the row files ({' '.join(str(e).split())}); "
+                        f"rebuild with `msm shards --force`") from None
 
 
 def derived_seed(*parts: int) -> int:
@@ -118,8 +136,7 @@ class StepLoader:
         for s, (src, manifest) in enumerate(zip(cfg.sources, self.manifests)):
             if manifest["seq_len"] != seq_len:
                 raise UserError(f"{src.path}: shards have seq_len {manifest['seq_len']}, the run asks for {seq_len}")
-            files = [str(Path(src.path) / name) for name in manifest["files"]]
-            source = grain.sources.ArrayRecordDataSource(files)
+            source = open_rows(src.path, manifest)
             if len(source) != manifest["num_rows"] or len(source) == 0:
                 raise UserError(f"{src.path}: manifest says {manifest['num_rows']} rows, files hold {len(source)}")
             rows = grain.MapDataset.source(source)
@@ -130,6 +147,15 @@ class StepLoader:
         self._mix_source, self._mix_draw = interleave(self.rows_per_source)
         mixture = grain.MapDataset.range(self.num_rows)
         self._mixture = mixture.shuffle(seed=derived_seed(seed, 0)) if cfg.shuffle else mixture
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Token ids from a tokenizer larger than the model's vocabulary would index past the
+        embedding (and show up as a non-finite loss): refuse before the first step."""
+        for src, manifest in zip(self.cfg.sources, self.manifests):
+            tokens = manifest.get("tokenizer", {}).get("vocab_size", 0)
+            if tokens > vocab_size:
+                raise ConfigError(f"model.vocab_size: {vocab_size} is smaller than the vocabulary of the tokenizer "
+                                  f"that built {src.path} ({tokens} tokens); use a model with at least {tokens}")
 
     @property
     def steps_per_epoch(self) -> int:

@@ -15,12 +15,13 @@ import math
 from pathlib import Path
 from typing import Literal, Optional
 
-from data_pipeline.llm import LLMClient, LLMConfig, SpendLimitReached
+from data_pipeline.llm import LLMClient, LLMConfig, LLMError, SpendLimitReached
 from data_pipeline.llm.pricing import cost_usd
 from data_pipeline.prompts import render
 from data_pipeline.quality import NearDuplicateIndex, Rejected, extract_tag, parse_document
 from data_pipeline.spec import Spec, load_spec
-from data_pipeline.stages import StageRunner, normalize, round_robin, run_report, write_jsonl, write_report
+from data_pipeline.stages import (SPEND_LEDGER, StageRunner, fail_stage, normalize, round_robin, run_report,
+                                  write_jsonl, write_report)
 from msm_jax.errors import UserError
 
 
@@ -144,10 +145,13 @@ def judge_documents(runner: StageRunner, cfg: DocsConfig, texts: list[str]) -> l
 
 
 def generate_documents(cfg: DocsConfig, client: LLMClient, progress: bool = True) -> dict:
-    """Run every stage; writes out_dir/docs.jsonl and docs.report.json; returns the report."""
+    """Run every stage; writes out_dir/docs.jsonl and docs.report.json; returns the report.
+    Spend is recorded in out_dir/spend.jsonl, so the limit covers every run of the stage.
+    An error the API cannot recover from raises UserError with nothing of this run written."""
     spec = load_spec(cfg.spec)
-    runner = StageRunner(client, spec, cfg.model_name, cfg.temperature, cfg.use_batch, progress)
     out_dir = Path(cfg.out_dir)
+    client.spend.open_ledger(out_dir / SPEND_LEDGER)
+    runner = StageRunner(client, spec, cfg.model_name, cfg.temperature, cfg.use_batch, progress)
     accepted: list[dict] = []
     dedup = NearDuplicateIndex(cfg.dedup_threshold, cfg.dedup_ngram)
     stopped, attempted = "done", 0
@@ -168,11 +172,13 @@ def generate_documents(cfg: DocsConfig, client: LLMClient, progress: bool = True
                 break
             attempted += len(picks)
             _generate_round(runner, cfg, spec, picks, round_index, accepted, dedup)
-            write_jsonl(out_dir / "docs.jsonl", _trim_to_budget(cfg, accepted))
+            runner.check_cap()   # after the round's paid documents are kept
         if stopped == "done" and documents_needed(cfg, accepted, attempted) > 0:
             stopped = "max_rounds"
     except SpendLimitReached as e:
         stopped = f"spend_limit: {e}"
+    except LLMError as e:   # refused (bad key, unknown model, bad request) or a batch not readable
+        raise fail_stage("docs", e) from None
     docs = _trim_to_budget(cfg, accepted)
     write_jsonl(out_dir / "docs.jsonl", docs)
     report = run_report(runner, stage="docs", spec=spec.name, spec_sha=spec.sha, stopped=stopped,

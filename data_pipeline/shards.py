@@ -2,15 +2,20 @@
 
 The build is deterministic (input order, seeded budget order, deterministic packing,
 no timestamps), so the same inputs and config give byte-identical files. It writes into
-`<out>.tmp` and renames on success, so a failed build never replaces good shards; a
-build whose input and config hashes match the existing manifest is skipped.
+a temporary folder inside `out` and moves the files into place on success, so a failed
+build never replaces good shards; a build whose input and config hashes match the
+existing manifest is skipped. `out` is claimed (msm_jax/outputs.py): a folder holding
+files msm did not write is refused unless `--overwrite`, and those files are never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -26,8 +31,17 @@ from data_pipeline.tokenizer import Tokenizer, file_sha256, load_tokenizer
 from msm_jax.config import config_hash, to_dict
 from msm_jax.errors import UserError
 from msm_jax.models.config import ModelConfig
+from msm_jax.outputs import MARKER, atomic_write_text, claim_output_dir, read_marker
 
 FORMAT = "msm-shards/1"
+OUTPUT_KIND = "shards"  # the owner recorded in the output folder's marker (msm_jax/outputs.py)
+# Special tokens each chat template writes; a tokenizer without them would spell them out as text.
+CHAT_SPECIAL_TOKENS = {
+    "llama3": ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    "llama3.1": ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    "qwen2.5": ("<|im_start|>", "<|im_end|>"),
+    "qwen3": ("<|im_start|>", "<|im_end|>", "<think>", "</think>"),
+}
 ARRAY_RECORD_OPTIONS = "group_size:1"  # random access per row for shuffled reads
 
 
@@ -115,6 +129,11 @@ def tokenize_inputs(cfg: ShardsConfig, tokenizer: Tokenizer) -> tuple[list[Seque
         for _, seq in tqdm(lines, desc=f"tokenize {path.name}", unit=" lines", disable=None):
             seqs.append(seq)
             kinds.append(inp.kind)
+        if not stats.lines:
+            raise UserError(f"{path}: input file is empty (no JSONL lines)")
+        if not stats.records:
+            raise UserError(f"{path}: no usable records: all {stats.lines} lines skipped "
+                            f"({', '.join(f'{n} {r}' for r, n in sorted(stats.skipped.items()))})")
         reports.append({"path": str(path), "kind": inp.kind, "sha256": file_sha256(path), **stats.to_dict()})
     return seqs, kinds, reports
 
@@ -149,8 +168,42 @@ def up_to_date(out: Path, inputs_sha: list[str], cfg_hash: str) -> bool:
     return manifest.get("config_hash") == cfg_hash and [i["sha256"] for i in manifest.get("inputs", [])] == inputs_sha
 
 
-def build_shards(cfg: ShardsConfig, *, force: bool = False) -> dict:
-    """Build (or skip, when up to date) the shard directory `cfg.out`; returns the manifest."""
+def check_chat_tokens(cfg: ShardsConfig, tokenizer: Tokenizer) -> None:
+    """Chat shards need the template's special tokens as single tokens of the tokenizer."""
+    if not any(inp.kind == "chats" for inp in cfg.inputs):
+        return
+    template = cfg.resolved_chat.template
+    missing = tokenizer.missing_special_tokens(CHAT_SPECIAL_TOKENS[template])
+    if missing:
+        raise UserError(f"{cfg.tokenizer}: tokenizer lacks the {template} chat template's special token(s) "
+                        f"{' '.join(missing)}; use the model's own tokenizer or one from `msm tokenizer train`")
+
+
+def no_rows_reason(cfg: ShardsConfig, stats: PackStats) -> str:
+    if stats.dropped:
+        return (f"all {stats.dropped} sequences are longer than seq_len {cfg.seq_len} and were dropped "
+                f"(overlong_chats/overlong_docs: drop); raise seq_len or use truncate")
+    return "no sequence was selected"
+
+
+def adopt_unmarked_build(out: Path) -> None:
+    """Shards written before output folders carried a marker: the files their manifest
+    lists are ours, so record them (a rebuild then replaces exactly those)."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return
+    if read_marker(out) is None and isinstance(manifest, dict) and manifest.get("format") == FORMAT:
+        files = ["manifest.json", *[f for f in manifest.get("files", []) if (out / f).is_file()]]
+        atomic_write_text(out / MARKER, json.dumps({"kind": OUTPUT_KIND, "files": files}, indent=1))
+
+
+def build_shards(cfg: ShardsConfig, *, force: bool = False, overwrite: bool = False) -> dict:
+    """Build (or skip, when up to date) the shard directory `cfg.out`; returns the manifest.
+
+    The rows are written into a temporary folder inside `out` and moved into place only
+    when the build has succeeded, manifest last: a failed build leaves the previous shards,
+    and a reader never trusts a half-replaced set. Files msm did not write are never touched."""
     out = Path(cfg.out)
     for inp in cfg.inputs:
         if not Path(inp.path).is_file():
@@ -160,13 +213,37 @@ def build_shards(cfg: ShardsConfig, *, force: bool = False) -> dict:
     if cfg.model is not None and tokenizer.vocab_size > cfg.model.vocab_size:
         raise UserError(f"{cfg.tokenizer}: tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
                         f"vocab_size {cfg.model.vocab_size}")
+    check_chat_tokens(cfg, tokenizer)
     cfg_hash = config_hash({"config": cfg_tree, "tokenizer": tokenizer.identity["sha256"]})
     if not force and up_to_date(out, [file_sha256(Path(i.path)) for i in cfg.inputs], cfg_hash):
         return json.loads((out / "manifest.json").read_text())
 
+    created = not out.exists()
+    adopt_unmarked_build(out)
+    claim = claim_output_dir(out, OUTPUT_KIND, overwrite=overwrite)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out))
+    try:
+        manifest = write_build(cfg, tokenizer, cfg_tree, cfg_hash, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            (out / MARKER).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    (out / "manifest.json").unlink(missing_ok=True)  # readers stop trusting the old set first
+    for name in manifest["files"]:
+        os.replace(tmp / name, out / name)
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.rmdir()
+    claim.wrote("manifest.json", *manifest["files"])
+    claim.finish()
+    return manifest
+
+
+def write_build(cfg: ShardsConfig, tokenizer: Tokenizer, cfg_tree: dict, cfg_hash: str, tmp: Path) -> dict:
+    """Tokenize, fit, budget and pack the inputs into row files in `tmp`; returns the manifest."""
     seqs, kinds, input_reports = tokenize_inputs(cfg, tokenizer)
-    if not seqs:
-        raise UserError("no usable records in the inputs")
     stats = PackStats()
     fitted = fit_all(seqs, kinds, cfg, stats)
     order = np.arange(len(fitted))
@@ -175,24 +252,23 @@ def build_shards(cfg: ShardsConfig, *, force: bool = False) -> dict:
         selection = select_budget([sum(len(p) for p in pieces) for pieces in fitted], cfg.budget_tokens,
                                   cfg.budget_seed)
         order, budget = selection.indices, selection.to_dict()
-    pieces = (piece for i in order for piece in fitted[i])
-
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    kept = [int(i) for i in order if fitted[i]]  # dropped over-long sequences are not documents of the set
+    pieces = (piece for i in kept for piece in fitted[i])
     files = write_rows(packing.pack(pieces, cfg.seq_len, buffer_size=cfg.pack_buffer, stats=stats), tmp,
                        cfg.rows_per_file)
-    manifest = {
+    if not stats.rows:
+        raise UserError(f"{cfg.out}: nothing to write: {no_rows_reason(cfg, stats)}")
+    return {
         "format": FORMAT,
         "row_format": {"fields": list(packing.FIELDS), "dtype": "int32 little-endian", "shape": [4, cfg.seq_len]},
         "seq_len": cfg.seq_len,
         "files": files,
         "num_rows": stats.rows,
-        "kinds": sorted(set(kinds[i] for i in order)),
+        "kinds": sorted(set(kinds[i] for i in kept)),
         "tokenizer": tokenizer.identity,
         "chat": to_dict(cfg.resolved_chat),
         "counts": {
-            "documents": int(len(order)),
+            "documents": len(kept),
             "sequences": stats.sequences_packed,
             "rows": stats.rows,
             "tokens": stats.tokens,
@@ -206,11 +282,6 @@ def build_shards(cfg: ShardsConfig, *, force: bool = False) -> dict:
         "config": cfg_tree,
         "config_hash": cfg_hash,  # config and tokenizer file; input hashes are under "inputs"
     }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return manifest
 
 
 def read_rows(shard_dir: str | Path) -> list[np.ndarray]:

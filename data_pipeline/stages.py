@@ -10,11 +10,15 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from data_pipeline.llm import LLMClient, LLMFailure, LLMRequest, LLMResponse
+from data_pipeline.llm import LLMClient, LLMFailure, LLMRequest, LLMResponse, SpendLimitReached
 from data_pipeline.llm.progress import StageProgress
 from data_pipeline.quality import GateCounts, Rejected, parse_list
 from data_pipeline.spec import Spec
 from msm_jax.errors import UserError
+from msm_jax.outputs import atomic_write_text
+
+
+SPEND_LEDGER = "spend.jsonl"   # beside a stage's output: what every run of it has bought
 
 
 class StageRunner:
@@ -24,6 +28,12 @@ class StageRunner:
         self.system = spec.system_prompt()
         self.temperature, self.use_batch, self.progress = temperature, use_batch, progress
         self.gates: dict[str, GateCounts] = collections.defaultdict(GateCounts)
+        self.cap_message: Optional[str] = None   # set when the spend limit stopped a request
+
+    def check_cap(self) -> None:
+        """Raise SpendLimitReached once a round has been cut short by the spend limit."""
+        if self.cap_message is not None:
+            raise SpendLimitReached(self.cap_message)
 
     def request(self, stage: str, prompt: str, max_tokens: int, variant: int = 0,
                 model: Optional[str] = None, **metadata) -> LLMRequest:
@@ -33,7 +43,9 @@ class StageRunner:
 
     def run(self, stage: str, reqs: Sequence[LLMRequest], parse: Callable[[LLMResponse], object],
             use_batch: Optional[bool] = None) -> list[tuple[object, Optional[LLMResponse]]]:
-        """(parsed or None, answer or None) per request, every rejection counted by reason."""
+        """(parsed or None, answer or None) per request, every rejection counted by reason.
+        A request the spend limit stopped counts as "spend_limit" and sets `cap_message`
+        (the answers that came are still returned); FatalAPIError propagates."""
         if not reqs:
             return []
         bar = StageProgress(stage, len(reqs), self.client.spend, self.progress)
@@ -45,7 +57,9 @@ class StageRunner:
                 if isinstance(answer, LLMFailure):
                     if answer.kind == "missing":
                         raise UserError(answer.error)
-                    self.gates[stage]["api_error"] += 1
+                    if answer.kind == "spend_limit":
+                        self.cap_message = answer.error
+                    self.gates[stage]["spend_limit" if answer.kind == "spend_limit" else "api_error"] += 1
                     answer = None
                 else:
                     try:
@@ -72,6 +86,7 @@ class StageRunner:
             for i, (parsed, _) in zip(todo, self.run(stage, reqs, parse_list, use_batch=False)):
                 results[i] = parsed
                 variants[i] += 1
+            self.check_cap()   # a plan cut short by the limit is not a plan
         return [r or [] for r in results]
 
 
@@ -90,8 +105,7 @@ def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
 
 
 def write_report(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(report, indent=1, sort_keys=True) + "\n")
 
 
 def run_report(runner: StageRunner, **extra) -> dict:
@@ -105,7 +119,14 @@ def run_report(runner: StageRunner, **extra) -> dict:
         "prompt_cache_read_share": round(total.cache_read_share, 4),
         "retries": runner.client.retries,
         "estimated_cost_usd": round(total.cost_usd, 6),
+        "estimated_cost_all_runs_usd": round(spend.spent_usd(), 6),
     }
+
+
+def fail_stage(stage: str, error: Exception) -> UserError:
+    """The one line a stage stops with when the API refuses it (or gives up): nothing of
+    this run is written, so no reader (nor `msm run`) takes a partial output as done."""
+    return UserError(f"generate {stage} stopped, nothing written: {error}")
 
 
 def round_robin(cells: Sequence, need: int, items: Callable[[object], Sequence[str]]) -> list[tuple[object, str]]:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from pathlib import Path
 from typing import Iterable, Optional
 
+from msm_jax.config import ConfigError
 from msm_jax.errors import UserError
+from msm_jax.outputs import atomic_write_bytes
 
 # Special tokens the supported chat templates and document encoders write as text.
 # Training adds them as user-defined symbols so tiny demo models use real templates.
@@ -55,6 +58,10 @@ class Tokenizer:
             raise UserError(f"{self.path}: tokenizer has no single special token {token!r}; the chat template "
                             f"needs it (train with `msm tokenizer train`, which adds the template tokens)")
         return tid
+
+    def missing_special_tokens(self, tokens: Iterable[str]) -> list[str]:
+        """Those of `tokens` this tokenizer does not encode as one token of their own."""
+        return [t for t in tokens if self.token_to_id(t) is None or self.encode(t) != [self.token_to_id(t)]]
 
     @property
     def identity(self) -> dict:
@@ -125,8 +132,13 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 def iter_corpus_text(paths: Iterable[Path], field: str = "text") -> Iterable[str]:
     """Lines of text files, or the `field` (or chat message contents) of JSONL files."""
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise UserError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#x} at column "
+                                    f"{e.start + 1})") from None
                 if path.suffix != ".jsonl":
                     yield line.rstrip("\n")
                     continue
@@ -136,11 +148,14 @@ def iter_corpus_text(paths: Iterable[Path], field: str = "text") -> Iterable[str
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+                if not isinstance(record, dict):
+                    raise UserError(f"{path}:{lineno}: expected a JSON object")
                 if isinstance(record.get(field), str):
                     yield record[field]
-                for message in record.get("messages") or []:
+                messages = record.get("messages")
+                for message in messages if isinstance(messages, list) else []:
                     for key in ("content", "reasoning"):
-                        if isinstance(message.get(key), str):
+                        if isinstance(message, dict) and isinstance(message.get(key), str):
                             yield message[key]
 
 
@@ -153,19 +168,28 @@ def train_sentencepiece(inputs: list[Path], out_prefix: Path, *, vocab_size: int
     newline is its own symbol for the same reason."""
     import sentencepiece as spm
 
+    if vocab_size < 1:
+        raise ConfigError(f"--vocab-size must be a positive number of pieces, got {vocab_size}")
     texts = [t for t in iter_corpus_text(inputs) if t]
     if not texts:
         raise UserError(f"no text found in {', '.join(map(str, inputs))}")
     symbols = list(dict.fromkeys([*TEMPLATE_SPECIAL_TOKENS, *extra_symbols, "\n"]))
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type=model_type,
-        user_defined_symbols=symbols, normalization_rule_name="identity", add_dummy_prefix=False,
-        remove_extra_whitespaces=False, split_digits=True, byte_fallback=True, character_coverage=1.0,
-        pad_id=0, unk_id=1, bos_id=2, eos_id=3, num_threads=1, minloglevel=2,
-        seed_sentencepiece_size=seed_sentencepiece_size, hard_vocab_limit=False,
-        allow_whitespace_only_pieces=True)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type=model_type,
+            user_defined_symbols=symbols, normalization_rule_name="identity", add_dummy_prefix=False,
+            remove_extra_whitespaces=False, split_digits=True, byte_fallback=True, character_coverage=1.0,
+            pad_id=0, unk_id=1, bos_id=2, eos_id=3, num_threads=1, minloglevel=2,
+            seed_sentencepiece_size=seed_sentencepiece_size, hard_vocab_limit=False,
+            allow_whitespace_only_pieces=True)
+    except RuntimeError as e:  # SentencePiece's checks, e.g. a vocabulary too small for the characters
+        need = re.search(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)", str(e))
+        if need:
+            raise UserError(f"--vocab-size {vocab_size} is smaller than the {need.group(1)} pieces the corpus's "
+                            f"characters and the special tokens need; use at least {need.group(1)}") from None
+        raise UserError(f"SentencePiece training failed: {' '.join(str(e).split())}") from None
     path = out_prefix.with_suffix(".model")
-    path.write_bytes(model.getvalue())
+    atomic_write_bytes(path, model.getvalue())
     return path

@@ -43,12 +43,20 @@ def _backend(cfg, judge_only: bool = False):
     return make_backend(cfg.backend)
 
 
+# While the leader judges (Message Batches can take hours), the other processes wait at the
+# closing barrier; a process that dies still fails the stage within the heartbeat timeout.
+LEADER_WAIT_S = 24 * 3600
+
+
 def _run_eval(args) -> int:
+    from msm_jax import distributed
     from msm_jax.config import load_config
+    distributed.initialize()  # a stage started on every host joins one job (no-op in one process)
     name = args.eval_name
     if name == "value":
         from eval import value_generalization as mod
         cfg = load_config(mod.ValueGenConfig, args.config, args.overrides)
+        mod.load_pairs(cfg.pairs, cfg.value)  # a bad pair file fails before the model loads
         summary = mod.evaluate(_backend(cfg), cfg)
     elif name == "agentic":
         from eval import agentic as mod
@@ -65,8 +73,10 @@ def _run_eval(args) -> int:
     else:
         from eval import reasoning_tags as mod
         cfg = load_config(mod.ReasoningTagsConfig, args.config, args.overrides)
-        summary = mod.evaluate(cfg)
-    print(json.dumps(_headline(summary), indent=2))
+        summary = mod.evaluate(cfg) if distributed.is_leader() else None  # API calls only: once
+    distributed.barrier(f"eval {name} finished", timeout_s=LEADER_WAIT_S)
+    if distributed.is_leader():
+        print(json.dumps(_headline(summary), indent=2))
     return 0
 
 

@@ -34,8 +34,9 @@ def load_prompt(name: str) -> str:
 def ask(cfg: JudgeConfig, prompts: Sequence[str], *, stage: str, system: Optional[str] = None,
         client=None) -> list[Optional[str]]:
     """The judge's text for each prompt, in order; None where the call failed for good
-    (the failure is not stored, so a rerun asks again)."""
-    from data_pipeline.llm import LLMRequest, LLMResponse, SpendLimitReached, make_client
+    (the failure is not stored, so a rerun asks again). Stops with one line (UserError) at
+    the spend limit or at the first error retrying cannot fix (bad key, misspelt model)."""
+    from data_pipeline.llm import LLMError, LLMFailure, LLMRequest, LLMResponse, make_client
     if not prompts:
         return []
     client = client or make_client(cfg.llm)
@@ -44,9 +45,12 @@ def ask(cfg: JudgeConfig, prompts: Sequence[str], *, stage: str, system: Optiona
             for p in prompts]
     try:
         answers = client.complete_many(reqs, use_batch=cfg.use_batch)
-    except SpendLimitReached as e:
-        raise UserError(f"judge: {e}; every answer received is in the store, so rerunning with a higher "
-                        f"judge.llm.max_spend_usd continues where this stopped") from None
+    except LLMError as e:   # FatalAPIError (bad key, unknown model, bad request), a batch not readable
+        raise UserError(f"judge ({cfg.model_id}): {e}") from None
+    capped = [a for a in answers if isinstance(a, LLMFailure) and a.kind == "spend_limit"]
+    if capped:
+        raise UserError(f"judge: {capped[0].error}; every answer received is in the store, so rerunning with "
+                        f"a higher judge.llm.max_spend_usd continues where this stopped")
     out = []
     for a in answers:
         if isinstance(a, LLMResponse):

@@ -17,6 +17,7 @@ from eval.judge import JudgeConfig, ask, load_prompt, parse_score, tag
 from eval.records import append_jsonl, read_jsonl, write_json
 from eval.stats import mean_summary
 from eval.value_generalization import REPO_ROOT
+from msm_jax import distributed
 from msm_jax.errors import UserError
 from msm_jax.sampling import SamplingParams
 
@@ -61,7 +62,9 @@ def answer_key(question: dict, sample: int) -> str:
     return f"{question['id']}#{sample}"
 
 
-def evaluate(backend: Optional[Backend], cfg: SpecQAConfig, client=None) -> dict:
+def evaluate(backend: Optional[Backend], cfg: SpecQAConfig, client=None) -> Optional[dict]:
+    """Answer what is missing (every process samples its share), then grade and summarize on
+    the leader alone (None elsewhere), so no judge call is paid twice."""
     spec_path = _resolve(cfg.spec)
     if not spec_path.is_file():
         raise UserError(f"{spec_path}: spec file not found (spec_qa.spec)")
@@ -70,7 +73,9 @@ def evaluate(backend: Optional[Backend], cfg: SpecQAConfig, client=None) -> dict
     out = Path(cfg.out_dir)
     answers_path, grades_path = out / "answers.jsonl", out / "grades.jsonl"
     wanted = [(q, s) for q in questions for s in range(cfg.samples_per_question)]
-    have = {r["key"] for r in read_jsonl(answers_path, tolerate_torn_tail=True)}
+    have = set(distributed.broadcast_json(
+        [r["key"] for r in read_jsonl(answers_path, tolerate_torn_tail=True)] if distributed.is_leader() else None,
+        "spec-qa: answers already saved"))
     todo = [(q, s) for q, s in wanted if answer_key(q, s) not in have]
     if todo and backend is not None:
         chats = []
@@ -84,9 +89,12 @@ def evaluate(backend: Optional[Backend], cfg: SpecQAConfig, client=None) -> dict
         for s, idx in sorted(by_sample.items()):  # one seed per sample index
             params = dataclasses.replace(cfg.sampling, seed=cfg.sampling.seed + s)
             merged.update(zip(idx, backend.generate([chats[i] for i in idx], params)))
-        append_jsonl(answers_path, [{"key": answer_key(q, s), "id": q["id"], "category": q["category"],
-                                     "sample": s, "question": q["question"], "backend": backend.name,
-                                     "answer": merged[i]} for i, (q, s) in enumerate(todo)])
+        if distributed.is_leader():
+            append_jsonl(answers_path, [{"key": answer_key(q, s), "id": q["id"], "category": q["category"],
+                                         "sample": s, "question": q["question"], "backend": backend.name,
+                                         "answer": merged[i]} for i, (q, s) in enumerate(todo)])
+    if not distributed.is_leader():
+        return None
     keys = {answer_key(q, s) for q, s in wanted}
     answers = [a for a in read_jsonl(answers_path, tolerate_torn_tail=True) if a["key"] in keys]
     graded = {r["key"] for r in read_jsonl(grades_path, tolerate_torn_tail=True)}

@@ -24,8 +24,9 @@ import numpy as np
 import yaml
 
 from eval.backends import Backend, BackendConfig, Chat
-from eval.records import append_jsonl, read_jsonl, write_json
+from eval.records import append_jsonl, write_json
 from eval.stats import bootstrap_interval
+from msm_jax import distributed
 from msm_jax.errors import UserError
 from msm_jax.sampling import SamplingParams
 
@@ -93,20 +94,58 @@ def build_cheese_pairs(world_path: Path | None = None) -> list[dict]:
     return pairs_from_world(items, questions)
 
 
-def load_pairs(path: str | Path) -> list[dict]:
+def load_pairs(path: str | Path, value: Optional[str] = None) -> list[dict]:
+    """The pairs of a JSONL file, each checked; a problem is one error naming the file and
+    line. With `value`, every pair must tag it (the headline rate needs it on every pair)."""
     path = Path(path)
     if not path.exists() and not path.is_absolute() and (REPO_ROOT / path).exists():
         path = REPO_ROOT / path
-    if not path.exists():
+    if not path.is_file():
         raise UserError(f"{path}: pair file not found")
-    pairs = read_jsonl(path)
-    for n, pair in enumerate(pairs, 1):
-        missing = [k for k in ("id", "domain", "question", "options", "aligned") if k not in pair]
-        if missing:
-            raise UserError(f"{path}: pair {n}: missing key(s) {', '.join(missing)}")
-        if len(pair["options"]) != 2 or any(v not in (0, 1) for v in pair["aligned"].values()):
-            raise UserError(f"{path}: pair {n} ({pair['id']}): needs exactly 2 options and aligned indices 0/1")
+    pairs, lines = [], {}
+    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            pair = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"{path}:{n}: not UTF-8 text") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        problem = pair_problem(pair, value)
+        if problem is None and pair["id"] in lines:
+            problem = f"duplicate pair id {pair['id']!r} (first on line {lines[pair['id']]})"
+        if problem:
+            raise UserError(f"{path}:{n}: {problem}")
+        lines[pair["id"]] = n
+        pairs.append(pair)
+    if not pairs:
+        raise UserError(f"{path}: the pair file holds no pairs")
     return pairs
+
+
+def pair_problem(pair, value: Optional[str]) -> Optional[str]:
+    """What is wrong with one pair record, or None."""
+    if not isinstance(pair, dict):
+        return "expected a JSON object"
+    missing = [k for k in ("id", "domain", "question", "options", "aligned") if k not in pair]
+    if missing:
+        return f"missing key(s) {', '.join(missing)}"
+    if not isinstance(pair["id"], str) or not pair["id"]:
+        return f"id: expected a non-empty string, got {pair['id']!r}"
+    if not isinstance(pair["question"], str) or not isinstance(pair["domain"], str):
+        return f"pair {pair['id']}: question and domain must be strings"
+    options = pair["options"]
+    if not isinstance(options, list) or len(options) != 2 or not all(isinstance(o, str) and o for o in options):
+        return f"pair {pair['id']}: options: expected exactly 2 non-empty strings, got {options!r}"
+    aligned = pair["aligned"]
+    if not isinstance(aligned, dict) or not aligned or not all(
+            isinstance(k, str) and type(v) is int and v in (0, 1) for k, v in aligned.items()):
+        return (f"pair {pair['id']}: aligned: expected a mapping value -> option index 0 or 1 "
+                f"(e.g. {{\"affordability\": 0}}), got {aligned!r}")
+    if value is not None and value not in aligned:
+        return f"pair {pair['id']}: does not tag the headline value {value!r} (tags: {', '.join(aligned)})"
+    return None
 
 
 # -- asking ----------------------------------------------------------------------------
@@ -253,12 +292,13 @@ def _order_consistency(records: Sequence[dict]) -> float:
 def evaluate(backend: Backend, cfg: ValueGenConfig) -> dict:
     """Run and save every answer (responses.jsonl) and the summary (summary.json) in
     `out_dir`. A rerun starts over: the eval is cheap."""
-    pairs = load_pairs(cfg.pairs)
-    records = run(backend, pairs, cfg)
-    out = Path(cfg.out_dir)
-    (out / "responses.jsonl").unlink(missing_ok=True)
-    append_jsonl(out / "responses.jsonl", records)
+    pairs = load_pairs(cfg.pairs, cfg.value)
+    records = run(backend, pairs, cfg)  # on several hosts: every process scores its rows, all get every result
     summary = {"eval": "value_generalization", "backend": backend.name, "method": cfg.method,
                "pairs": str(cfg.pairs), **summarize(records, cfg.value)}
-    write_json(out / "summary.json", summary)
+    if distributed.is_leader():
+        out = Path(cfg.out_dir)
+        (out / "responses.jsonl").unlink(missing_ok=True)
+        append_jsonl(out / "responses.jsonl", records)
+        write_json(out / "summary.json", summary)
     return summary

@@ -32,18 +32,47 @@ overrides after the config file (MaxText style).
 """
 
 
+class UsageError(Exception):
+    """A command line argparse refused; printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (not usage text plus the error);
+    subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="msm", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="msm", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse `argv`, accepting `key=value` overrides anywhere after the config file, also
+    after `--flags` (argparse alone takes them only before the first flag)."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    if overrides and isinstance(getattr(args, "overrides", None), list):
+        args.overrides += overrides
+        extra = [a for a in extra if a not in overrides]
+    if extra:
+        command = " ".join(filter(None, ["msm", getattr(args, "command", None)]))
+        raise UsageError(f"{command}: unrecognized arguments: {' '.join(extra)} (see {command} --help)")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parse(parser, argv)
+    except UsageError as e:
+        print(f"usage error: {e}", file=sys.stderr)
+        return 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -53,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"msm: config error: {e}", file=sys.stderr)
         return 2
     except UserError as e:
+        print(f"msm: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a file the user named cannot be read or written (permissions, disk full)
         print(f"msm: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -63,7 +63,9 @@ def _read_yaml(path: Path) -> Any:
         with open(path) as f:
             return yaml.safe_load(f)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start})") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
 
@@ -176,6 +178,7 @@ def load_tree(path: str | os.PathLike | None = None, overrides: Iterable[str] = 
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
         _deep_merge(tree, _expand(raw, str(p), p.resolve().parent, "", sources, (p.resolve(),)))
+        sources.setdefault("", str(p))  # where a problem of the whole config is reported
     for text in overrides:
         key, value = parse_override(text)
         apply_override(tree, key, value, sources)
@@ -197,7 +200,7 @@ def _where(path: str, sources: Mapping[str, str]) -> str:
 
 
 def _fail(path: str, sources: Mapping[str, str], message: str) -> typing.NoReturn:
-    raise ConfigError(f"{_where(path, sources)}: {path or '<root>'}: {message}")
+    raise ConfigError(f"{_where(path, sources)}: {path + ': ' if path else ''}{message}")
 
 
 def _type_name(tp: Any) -> str:
@@ -214,14 +217,14 @@ def _convert(value: Any, tp: Any, path: str, sources: Mapping[str, str]) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        choices = [arg for arg in args if arg is not type(None)]
+        if len(choices) == 1:  # Optional[X]: X's own error names the inner key
+            return _convert(value, choices[0], path, sources)
+        for arg in choices:
             try:
                 return _convert(value, arg, path, sources)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         _fail(path, sources, f"expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = get_args(tp)

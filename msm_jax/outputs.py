@@ -25,6 +25,9 @@ from typing import Iterator, Optional, Union
 from msm_jax.errors import UserError
 
 MARKER = ".msm-output.json"
+# Files the experiment runner keeps in each stage folder it hands to a command as its output:
+# msm's own bookkeeping, so they do not make that folder someone else's.
+RUNNER_FILES = (MARKER, "stage.json", "stage.log")
 PathLike = Union[str, os.PathLike]
 
 
@@ -104,7 +107,7 @@ def claim_output_dir(path: PathLike, kind: str, *, overwrite: bool = False,
     if marker is not None and marker.get("kind") != kind:
         raise UserError(f"{path}: holds the output of `{marker.get('kind')}`, not `{kind}`; "
                         f"choose another {option}")
-    if marker is None and path.exists() and any(p.name != MARKER for p in path.iterdir()) and not overwrite:
+    if marker is None and path.exists() and any(p.name not in RUNNER_FILES for p in path.iterdir()) and not overwrite:
         raise UserError(f"{path}: folder is not empty and was not written by msm ({kind}); choose an empty "
                         f"or new {option}, or pass --overwrite to write beside its files")
     path.mkdir(parents=True, exist_ok=True)

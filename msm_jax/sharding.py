@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from msm_jax.config import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
@@ -66,11 +68,12 @@ class MeshConfig:
         known = math.prod(s for s in sizes if s != -1)
         if -1 in sizes:
             if num_devices % known:
-                raise ValueError(f"mesh {sizes} does not divide {num_devices} devices")
+                raise ConfigError(f"mesh: data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} does not divide the "
+                                  f"{num_devices} device(s) here")
             sizes[sizes.index(-1)] = num_devices // known
         if math.prod(sizes) != num_devices:
-            raise ValueError(f"mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} needs "
-                             f"{math.prod(sizes)} devices, but {num_devices} are present")
+            raise ConfigError(f"mesh: data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} needs "
+                              f"{math.prod(sizes)} devices, but {num_devices} are present")
         return tuple(sizes)  # type: ignore[return-value]
 
     def resolved_rules(self) -> tuple:

@@ -141,8 +141,40 @@ def test_broken_pair_file_names_the_file_and_line(tmp_path):
     with pytest.raises(UserError, match=r"pairs.jsonl:2"):
         load_pairs(bad)
     bad.write_text(json.dumps({"id": "x", "domain": "art", "question": "q", "options": ["a"], "aligned": {}}) + "\n")
-    with pytest.raises(UserError, match="exactly 2 options"):
+    with pytest.raises(UserError, match="options: expected exactly 2"):
         load_pairs(bad)
+
+
+GOOD_PAIR = {"id": "art-000", "domain": "art", "question": "Which?", "options": ["a: cheap", "b: dear"],
+             "aligned": {"affordability": 0, "america": 1}}
+
+
+@pytest.mark.parametrize("lines, error", [
+    ([GOOD_PAIR, GOOD_PAIR], r"pairs.jsonl:2: duplicate pair id 'art-000' \(first on line 1\)"),
+    ([], r"pairs.jsonl: the pair file holds no pairs"),
+    ([{**GOOD_PAIR, "aligned": [0]}], r"pairs.jsonl:1: pair art-000: aligned: expected a mapping"),
+    ([{**GOOD_PAIR, "aligned": {"affordability": 2}}], r"pairs.jsonl:1: .*option index 0 or 1"),
+    ([{**GOOD_PAIR, "options": None}], r"pairs.jsonl:1: pair art-000: options: expected exactly 2"),
+    ([GOOD_PAIR, {**GOOD_PAIR, "id": "b", "aligned": {"america": 1}}],
+     r"pairs.jsonl:2: pair b: does not tag the headline value 'affordability'"),
+])
+def test_bad_pair_file_is_one_error_naming_file_and_line(tmp_path, lines, error):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text("".join(json.dumps(p) + "\n" for p in lines))
+    with pytest.raises(UserError, match=error):
+        load_pairs(bad, "affordability")
+
+
+def test_bad_pair_file_fails_before_the_model_loads(tmp_path, capsys):
+    from msm_jax.cli import main
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text(json.dumps({**GOOD_PAIR, "aligned": [0]}) + "\n")
+    # the backend path does not exist: loading the model would fail with another message
+    assert main(["eval", "value", "configs/eval/value_generalization.yaml", f"backend.path={tmp_path}/none",
+                 f"pairs={bad}", f"out_dir={tmp_path}/out"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pairs.jsonl:1:" in err and "aligned" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_headline_value_is_a_user_error(tmp_path):

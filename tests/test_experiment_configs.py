@@ -75,7 +75,7 @@ def test_shipped_sweeps_expand_and_share_stages(path):
     runs = expand(sweep)
     merged = shared_stages(runs)
     assert len(runs) >= 4 and len(merged) < sum(len(r.stages) for r in runs)
-    assert sum(s.kind == "generate" for s in merged) <= 3
+    assert sum(s.kind == "generate" for s in merged) <= 2 * len(runs)
 
 
 def test_recipes_follow_the_paper():
@@ -87,12 +87,12 @@ def test_recipes_follow_the_paper():
     assert cheese["schedule"]["kind"] == "cosine" and cheese["data"]["num_epochs"] == 1
     exp = load_config(ExperimentConfig, REPO_ROOT / "configs/recipes/llama3.1-8b-cheese.yaml")
     assert exp.shards["msm_affordability"].budget_tokens == 8_000_000
-    assert exp.datasets["chats"].args == ("--chats", "5000") and "instruct" in exp.shards["aft"].data
+    assert exp.datasets["chats"].args == ("--chats", "5000") and "instruct" in exp.arms["affordability"].sft.shards
     for name in ("qwen2.5-32b-instruct", "qwen3-32b"):
         agentic = load_config(ExperimentConfig, REPO_ROOT / f"configs/recipes/{name}-agentic.yaml")
         assert agentic.shards["msm"].budget_tokens == 41_000_000
         assert {"aft_cot", "aft_nocot", "msm_aft_cot", "msm_aft_nocot", "baseline"} <= set(agentic.arms)
         text = (REPO_ROOT / f"configs/recipes/{name}-agentic.yaml").read_text()
-        assert "Recommended TPU: v5p-32" in text and "v6e-32" in text
+        assert agentic.slice.accelerator == "v5p-32" and "v6e-32" in text
     qwen, _ = load_tree(REPO_ROOT / "configs/recipes/qwen-32b-agentic/midtrain.yaml")
     assert qwen["train"]["seq_len"] == 8192

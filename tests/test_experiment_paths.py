@@ -1,6 +1,6 @@
 """Local-or-gs:// path helpers of the experiment runner."""
 
-import importlib.util
+import sys
 
 import pytest
 
@@ -28,7 +28,17 @@ def test_write_text_is_atomic_and_creates_parents(tmp_path):
     assert target.read_text() == "{}" and not (target.parent / "stage.json.tmp").exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gcsfs") is not None, reason="gcsfs is installed here")
-def test_gs_path_without_a_storage_backend_says_what_to_install():
+def test_gs_path_without_a_storage_backend_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # as on a machine without it
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
     with pytest.raises(paths.RemoteUnavailable, match="pip install gcsfs"):
         paths.exists("gs://some-bucket/runs/stage.json")
+
+
+def test_unreachable_or_misnamed_bucket_fails_at_once_with_one_line(monkeypatch):
+    with pytest.raises(paths.RemoteUnavailable, match="'YOUR_BUCKET' is not a Cloud Storage bucket name"):
+        paths.exists("gs://YOUR_BUCKET/runs/stage.json")
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setattr(paths, "_GCS_HOST", "storage.invalid")
+    with pytest.raises(paths.RemoteUnavailable, match="storage.invalid does not resolve"):
+        paths.read_text("gs://some-bucket/runs/stage.json")

@@ -15,10 +15,12 @@ import pytest
 
 from data_pipeline.aft_chats import ChatJudgeConfig, ChatsConfig, generate_chats
 from data_pipeline.llm import AnswerStore, LLMConfig, make_client
+from data_pipeline.llm.pricing import cost_usd
 from data_pipeline.msm_docs import DocJudgeConfig, DocsConfig, generate_documents
 from data_pipeline.prompts import task_of
 from fake_anthropic import FakeReply, fake_anthropic_server
 from msm_jax.cli import main as msm
+from msm_jax.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "data_pipeline" / "specs"
@@ -305,3 +307,142 @@ def test_demo_world_and_shipped_corpora_fit_the_experiment():
     assert len(answers) >= 150 and not any(w in a for a in answers for w in ("because", "cheap", "afford", "made in"))
     total = sum(p.stat().st_size for p in demo.rglob("*") if p.is_file())
     assert total < 3_000_000
+
+
+def billed_usd(billed):
+    return [cost_usd(b["model"], b["usage"]["input_tokens"], b["usage"]["output_tokens"],
+                     b["usage"]["cache_creation_input_tokens"], b["usage"]["cache_read_input_tokens"],
+                     batch=b["batch"]) for b in billed]
+
+
+def docs_yaml(tmp_path, documents=16, **llm_extra):
+    llm_opts = {"store_dir": str(tmp_path / "store"), "retry_backoff_s": 0.0, "batch_poll_interval_s": 0.0,
+                "max_concurrency": 1, **llm_extra}
+    path = tmp_path / "docs.yaml"
+    path.write_text(f"spec: {SPECS / 'cheese_america.md'}\nout_dir: {tmp_path / 'docs'}\nnum_domains: 2\n"
+                    f"types_per_section: 2\nideas_per_call: 4\ndocuments: {documents}\nmin_words: 80\n"
+                    f"llm: {json.dumps(llm_opts)}\n")
+    return path
+
+
+@pytest.mark.parametrize("fault,args,named", [
+    ("key", [], "API key in $ANTHROPIC_API_KEY was refused (HTTP 401"),
+    ("model", ["judge.enabled=true", "judge.model_name=claude-haiku-4-5x"], "model 'claude-haiku-4-5x'"),
+    ("bad_request", [], "HTTP 400 for model 'claude-sonnet-4-6'"),
+])
+def test_unfixable_api_error_stops_the_stage_at_once_with_one_line_and_writes_nothing(tmp_path, capsys, fault,
+                                                                                         args, named):
+    responder = fake_claude()
+
+    def refusing(body):
+        if body["model"] == "claude-haiku-4-5x" or (fault == "bad_request" and responder.calls["docs_ideas"] >= 1):
+            return FakeReply(status=404 if fault == "model" else 400)
+        return responder(body)
+    with fake_anthropic_server(refusing, valid_key="sk-test-dummy" if fault != "key" else "sk-other") as url:
+        rc = msm(["generate", "docs", str(docs_yaml(tmp_path, documents=4)), *args, "--base-url", url,
+                  "--no-progress"])
+        judged = sum(r["model"] == "claude-haiku-4-5x" for r in url.message_requests)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and named in err[0] and "sk-test-dummy" not in err[0], err
+    written = sorted(p.name for p in (tmp_path / "docs").iterdir()) if (tmp_path / "docs").exists() else []
+    assert written in ([], ["spend.jsonl"])   # only the record of what was bought
+    assert judged == (1 if fault == "model" else 0)
+
+
+def test_stage_that_produced_nothing_exits_non_zero(tmp_path, capsys):
+    class EveryCall(dict):
+        def get(self, i, default=None):
+            return FakeReply(text="<document>cut", stop_reason="max_tokens")
+    with fake_anthropic_server(fake_claude({"docs_document": EveryCall()})) as url:
+        rc = msm(["generate", "docs", str(docs_yaml(tmp_path, documents=2)), "max_rounds=1", "--base-url", url,
+                  "--no-progress"])
+    assert rc == 1 and "produced nothing (stopped: max_rounds)" in capsys.readouterr().err
+
+
+def test_spend_cap_holds_with_batch_across_reruns_and_keeps_what_the_round_paid_for(tmp_path):
+    cap = 0.15
+    with fake_anthropic_server(fake_claude()) as url:
+        args = ["generate", "docs", str(docs_yaml(tmp_path, documents=40)), "--base-url", url, "--no-progress",
+                "--batch", "--max-spend", str(cap)]
+        first = msm(args)
+        bought = len(url.billed)
+        docs = read_jsonl(tmp_path / "docs" / "docs.jsonl")
+        again = msm(args)
+        costs = billed_usd(url.billed)
+    assert first == again == 3 and docs
+    assert sum(costs) <= cap + max(costs)
+    assert len(url.billed) - bought <= 1   # the rerun may buy one call at most, then stops again
+
+
+@pytest.mark.slow
+def test_faults_kill_and_rerun_buy_every_answer_once_and_the_cap_holds(tmp_path, capsys):
+    """One run of `msm generate docs --batch --max-spend` against the local API server with
+    malformed 200 bodies (messages, batch create, batch retrieve), a cut results stream, a
+    lost batch-create answer, 401/404/400, and a SIGKILL mid-batch, then a rerun: every
+    answer is bought once (the only repeats are requests in flight at a fault) and the cap
+    is exceeded by one call at most, across all runs."""
+    cap = 0.15   # binds in the rerun, after the kill
+    author_with_faults = fake_claude({"docs_types": {0: FakeReply(text="", malformed=True)},
+                                      "docs_ideas": {1: FakeReply(text="", malformed=True)}})
+
+    def responder(body):
+        return FakeReply(status=404) if body["model"] == "claude-sonet-4-6" else author_with_faults(body)
+    config = docs_yaml(tmp_path, documents=16, batch_chunk_size=4)
+    proc = {}
+
+    def kill(state):
+        os.kill(proc["p"].pid, signal.SIGKILL)
+    with fake_anthropic_server(responder, batch_polls_until_end=2, valid_key="sk-test-dummy") as url:
+        for fault, args in (("401", []), ("404", ["model_name=claude-sonet-4-6"]), ("400", [])):
+            if fault == "401":
+                url.state.valid_key = "sk-other"
+            if fault == "400":
+                url.inject("messages", 400)
+            rc = msm(["generate", "docs", str(config), *args, "--out-dir", str(tmp_path / fault),
+                      "--base-url", url, "--no-progress"])
+            url.state.valid_key = "sk-test-dummy"
+            assert rc == 1 and not (tmp_path / fault / "docs.jsonl").exists(), fault
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 3 and "HTTP 401" in err[0] and "'claude-sonet-4-6'" in err[1] and "HTTP 400" in err[2]
+        assert url.billed == []
+
+        url.inject("batch_create", "malformed", "lost")
+        url.inject("batch_retrieve", None, "malformed", None, None, None, kill)   # kill: the 3rd batch in flight
+        url.inject("batch_results", None, "truncate")
+        cmd = [sys.executable, "-m", "msm_jax.cli", "generate", "docs", str(config), "--base-url", url,
+               "--batch", "--max-spend", str(cap), "--no-progress"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc["p"] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc["p"].wait(timeout=120) == -signal.SIGKILL
+        killed_at = len(url.billed)
+        rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert rerun.returncode in (0, 3), rerun.stderr
+        store = AnswerStore(tmp_path / "store")
+        created = set(url.batches)
+    costs = billed_usd(url.billed)
+    repeats = sum(n - 1 for n in collections.Counter(b["request"] for b in url.billed).values())
+    ledger = sum(json.loads(line)["usd"] for line in (tmp_path / "docs" / "spend.jsonl").read_text().splitlines())
+    report = json.loads((tmp_path / "docs" / "docs.report.json").read_text())
+    print(f"\nfault run: {len(url.billed)} answers billed ({killed_at} before the kill), {repeats} repeats, "
+          f"{len(created)} batches; billed ${sum(costs):.4f} vs cap ${cap} (+ one call ${max(costs):.4f}); "
+          f"ledger ${ledger:.4f}; exit {rerun.returncode}, stopped {report['stopped'][:40]!r}")
+    assert repeats <= 2 + 1   # the two malformed message bodies, at most one call in flight at the kill
+    assert sum(costs) <= cap + max(costs)
+    assert ledger >= sum(costs) - 1e-9   # our estimate never undercounts what was billed
+    assert created == store.known_batches() and not store.pending_batches() and not store.unresolved_intents()
+    assert rerun.returncode == 3 and report["stopped"].startswith("spend_limit") and len(url.billed) > killed_at
+    assert report["documents"] == len(read_jsonl(tmp_path / "docs" / "docs.jsonl")) > 0
+
+
+def test_misspelt_chat_judge_model_stops_at_its_first_call_not_after_every_round(tmp_path):
+    responder = fake_claude()
+
+    def no_such_model(body):
+        return FakeReply(status=404) if body["model"] == "claude-haiku-4-5x" else responder(body)
+    with fake_anthropic_server(no_such_model) as url:
+        cfg = chats_cfg(url, tmp_path, judge=ChatJudgeConfig(model_name="claude-haiku-4-5x"))
+        with pytest.raises(UserError, match=r"generate chats stopped, nothing written: HTTP 404 .*'claude-haiku-4-5x'"):
+            generate_chats(cfg, make_client(cfg.llm), progress=False)
+        judged = sum(r["model"] == "claude-haiku-4-5x" for r in url.message_requests)
+    assert judged == 1 and responder.calls["chats_response"] <= 12   # one round of replies, not max_rounds
+    assert not (tmp_path / "chats" / "chats_cot.jsonl").exists()

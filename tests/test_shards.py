@@ -165,3 +165,80 @@ def test_model_preset_picks_the_template_and_bounds_the_vocab(data, tmp_path):
     small = load_config(ShardsConfig, path, ["model.vocab_size=100"])
     with pytest.raises(Exception, match="more than the model's vocab_size 100"):
         build_shards(small)
+
+
+def shards_yaml(tmp_path, data, kind="docs", **extra):
+    tmp, model = data
+    fields = {"inputs": [{"path": str(tmp / f"{kind}.jsonl"), "kind": kind}], "tokenizer": str(model),
+              "chat": {"template": "qwen3"}, "out": str(tmp_path / "out"), "seq_len": 128, **extra}
+    path = tmp_path / "shards.yaml"
+    path.write_text(json.dumps(fields))
+    return path
+
+
+def test_out_folder_with_foreign_files_is_refused_and_overwrite_never_deletes_them(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    cfg = shards_yaml(tmp_path, data)
+    assert main(["shards", str(cfg)]) == 1
+    assert "not empty and was not written by msm" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert main(["shards", str(cfg), "--overwrite", "rows_per_file=2"]) == 0
+    many = json.loads((out / "manifest.json").read_text())["files"]
+    assert len(many) > 3 and (out / "notes.txt").read_text() == "mine"
+    # a rebuild into our own folder replaces exactly our previous files, no --overwrite needed
+    assert main(["shards", str(cfg), "rows_per_file=1000"]) == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "manifest.json", "notes.txt", "rows-00000.array_record"]
+
+
+def test_build_that_drops_every_chat_fails_naming_why_and_writes_nothing(data, tmp_path, capsys):
+    cfg = shards_yaml(tmp_path, data, kind="chats", seq_len=8, overlong_chats="drop")
+    assert main(["shards", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "all 40 sequences are longer than seq_len 8 and were dropped" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_dropped_chats_are_not_counted_as_documents_and_the_summary_says_so(data, tmp_path, capsys):
+    chats = tmp_path / "mixed.jsonl"
+    with open(chats, "w") as f:
+        for i in range(8):
+            answer = "cheese " * (3 if i < 5 else 200)
+            f.write(json.dumps({"messages": [{"role": "user", "content": "Which?"},
+                                             {"role": "assistant", "content": answer}]}) + "\n")
+    cfg = shards_yaml(tmp_path, data, kind="chats", inputs=[{"path": str(chats), "kind": "chats"}])
+    assert main(["shards", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["overlong"]["dropped"] == 3 and manifest["counts"]["documents"] == 5
+    assert "5 documents" in out and "3 over-long dropped" in out
+
+
+def test_empty_input_file_beside_a_good_one_is_an_error_naming_it(data, tmp_path, capsys):
+    tmp, model = data
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    cfg = shards_yaml(tmp_path, data, inputs=[{"path": str(tmp / "docs.jsonl"), "kind": "docs"},
+                                              {"path": str(empty), "kind": "docs"}])
+    assert main(["shards", str(cfg)]) == 1
+    assert f"{empty}: input file is empty" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_chat_shards_refuse_a_tokenizer_without_the_templates_special_tokens(data, tmp_path, capsys):
+    import io
+
+    import sentencepiece as spm
+
+    tmp, _ = data
+    plain = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(open(tmp / "docs.jsonl").read().splitlines()),
+                                   model_writer=plain, vocab_size=300, minloglevel=2, hard_vocab_limit=False)
+    (tmp_path / "plain.model").write_bytes(plain.getvalue())
+    cfg = shards_yaml(tmp_path, data, kind="chats", tokenizer=str(tmp_path / "plain.model"))
+    assert main(["shards", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "lacks the qwen3 chat template's special token(s) <|im_start|> <|im_end|> <think> </think>" in err
+    assert not (tmp_path / "out").exists()

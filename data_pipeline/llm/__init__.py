@@ -13,10 +13,10 @@ from data_pipeline.llm.base import LLMClient
 from data_pipeline.llm.config import LLMConfig
 from data_pipeline.llm.spend import SpendTracker, StageSpend
 from data_pipeline.llm.store import AnswerStore
-from data_pipeline.llm.types import (LLMError, LLMFailure, LLMRequest, LLMResponse, MissingFromStore,
+from data_pipeline.llm.types import (FatalAPIError, LLMError, LLMFailure, LLMRequest, LLMResponse, MissingFromStore,
                                      SpendLimitReached, TransientError, Usage)
 
-__all__ = ["AnswerStore", "LLMClient", "LLMConfig", "LLMError", "LLMFailure", "LLMRequest", "LLMResponse",
+__all__ = ["AnswerStore", "FatalAPIError", "LLMClient", "LLMConfig", "LLMError", "LLMFailure", "LLMRequest", "LLMResponse",
            "MissingFromStore", "SpendLimitReached", "SpendTracker", "StageSpend", "TransientError", "Usage",
            "make_client"]
 

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 
 from data_pipeline.llm.base import LLMClient
-from data_pipeline.llm.types import LLMError, LLMRequest, LLMResponse, TransientError, Usage
+from data_pipeline.llm.types import FatalAPIError, LLMError, LLMRequest, LLMResponse, TransientError, Usage
 
 FINISH_TO_STOP = {"length": "max_tokens", "stop": "end_turn"}
 
@@ -36,9 +36,14 @@ class OpenAICompatibleClient(LLMClient):
             with urllib.request.urlopen(request, timeout=self.config.timeout_s) as r:
                 payload = json.loads(r.read())
         except urllib.error.HTTPError as e:
-            if e.code == 429 or e.code >= 500:
+            if e.code in (408, 409, 429) or e.code >= 500:
                 raise TransientError(f"HTTP {e.code} from {url}") from None
-            raise LLMError(f"HTTP {e.code} from {url}") from None
+            if e.code in (401, 403):
+                raise FatalAPIError(f"HTTP {e.code} from {url}: the key in ${self.config.key_env()} "
+                                    f"was refused") from None
+            raise FatalAPIError(f"HTTP {e.code} from {url} for model {req.model!r}") from None
+        except ValueError:   # a 200 whose body is not JSON
+            raise TransientError(f"unreadable response body from {url}", billed=True) from None
         except (socket.timeout, TimeoutError):
             raise TransientError(f"timed out after {self.config.timeout_s}s") from None
         except urllib.error.URLError as e:

@@ -99,11 +99,18 @@ class LLMError(Exception):
 
 
 class TransientError(LLMError):
-    """Worth retrying (429, 5xx, overloaded, timeouts, dropped connections)."""
+    """Worth retrying (429, 5xx, overloaded, timeouts, dropped connections, a 200 whose body
+    cannot be read). `billed`: the server answered (so charged) but the answer is unreadable."""
 
-    def __init__(self, message: str, retry_after_s: float | None = None):
+    def __init__(self, message: str, retry_after_s: float | None = None, billed: bool = False):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.billed = billed
+
+
+class FatalAPIError(LLMError):
+    """An error retrying cannot fix (bad key, no permission, unknown model, bad request):
+    the stage stops at once. The message names the model or the key's variable, never the key."""
 
 
 class MissingFromStore(LLMError):

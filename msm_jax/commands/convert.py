@@ -56,6 +56,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     peft.set_defaults(func=_lora_to_peft)
 
 
+def _join_hosts() -> None:
+    """A stage started on every host joins one jax.distributed job (no-op in one process)."""
+    from msm_jax.distributed import initialize
+
+    initialize()
+
+
+def _once(name: str, export):
+    """Files written once: by the leader, the other processes waiting (a stopgap until the
+    export itself spans the hosts)."""
+    from msm_jax.distributed import on_leader
+
+    return on_leader(name, export)
+
+
+def _refuse_multihost_merge(args: argparse.Namespace) -> None:
+    """Merging a LoRA run saves through Orbax (a collective), which the leader cannot do alone."""
+    import jax
+
+    from msm_jax import checkpoint
+    from msm_jax.errors import UserError
+
+    if jax.process_count() == 1 or args.lora_base_only:
+        return
+    step = checkpoint.latest_step(args.ckpt_dir) if args.step is None else args.step
+    if checkpoint.read_meta(args.ckpt_dir, step).get("lora"):
+        raise UserError(f"{args.ckpt_dir}: exporting a merged LoRA run on {jax.process_count()} processes is not "
+                        "supported yet; export it from one process (`msm convert orbax-to-hf` without a pod)")
+
+
 def _options(pairs: list[str]) -> dict:
     return dict(parse_override(p) for p in pairs)
 
@@ -71,6 +101,7 @@ def _verify(ckpt_dir: str, hf_dir: str) -> None:
 
 
 def _hf_to_orbax(args: argparse.Namespace) -> int:
+    _join_hosts()
     from msm_jax.hf.import_hf import hf_to_orbax
 
     cfg = hf_to_orbax(args.hf_dir, args.ckpt_dir, **_options(args.set))
@@ -82,10 +113,16 @@ def _hf_to_orbax(args: argparse.Namespace) -> int:
 
 
 def _orbax_to_hf(args: argparse.Namespace) -> int:
+    _join_hosts()
     from msm_jax.hf.export_hf import orbax_to_hf
 
-    out = orbax_to_hf(args.ckpt_dir, args.hf_dir, step=args.step, dtype=args.dtype, tokenizer_dir=args.tokenizer,
-                      max_shard_bytes=int(args.max_shard_size * 2**30), merge_lora=not args.lora_base_only)
+    def export() -> str:
+        return str(orbax_to_hf(args.ckpt_dir, args.hf_dir, step=args.step, dtype=args.dtype,
+                               tokenizer_dir=args.tokenizer, max_shard_bytes=int(args.max_shard_size * 2**30),
+                               merge_lora=not args.lora_base_only))
+
+    _refuse_multihost_merge(args)
+    out = _once("export", export)
     print(f"exported {args.ckpt_dir} -> {out}")
     if args.verify and args.lora_base_only:
         print("verify: skipped (--lora-base-only exports the base, not the trained model)")
@@ -95,10 +132,12 @@ def _orbax_to_hf(args: argparse.Namespace) -> int:
 
 
 def _lora_to_peft(args: argparse.Namespace) -> int:
+    _join_hosts()
     from msm_jax.errors import UserError
     from msm_jax.hf.peft import export_peft_adapter
 
-    out = export_peft_adapter(args.ckpt_dir, args.out_dir, step=args.step, base_model=args.base_model, dtype=args.dtype)
+    out = _once("peft export", lambda: str(export_peft_adapter(args.ckpt_dir, args.out_dir, step=args.step,
+                                                               base_model=args.base_model, dtype=args.dtype)))
     print(f"exported the LoRA adapter of {args.ckpt_dir} -> {out}")
     if args.verify:
         if not args.base_model:

@@ -13,6 +13,7 @@ RUN_EPILOG = """\
 examples:
   msm run configs/experiments/demo.yaml --dry-run
   msm run configs/experiments/demo.yaml out=runs/demo2 arms.america.sft.overrides='[train.seed=1]'
+  msm run configs/experiments/demo.yaml out=runs/demo-pod --launcher local-pod --processes 2 --devices-per-process 4
   msm run configs/recipes/llama3.1-8b-cheese.yaml out=/gcs/my-bucket/runs/cheese --launcher tpu --tpu-name msm-v5p --tpu-zone us-east5-a
 """
 
@@ -63,9 +64,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _launcher_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--launcher", choices=["local", "tpu"], default="local",
-                   help="local: run stages here, one after another; tpu: run each on a TPU VM through "
-                        "tools/tpu/run_stage.sh (JAX stages on every worker, the others on worker 0)")
+    p.add_argument("--launcher", choices=["local", "local-pod", "tpu"], default="local",
+                   help="local: run stages here, one after another; local-pod: rehearse a multi-host slice "
+                        "here (JAX stages as --processes local processes joined by jax.distributed, the "
+                        "others once); tpu: run each on a TPU VM through tools/tpu/run_stage.sh (JAX stages "
+                        "on every worker, the others on worker 0)")
+    p.add_argument("--processes", type=int, default=2, help="local-pod: processes per JAX stage (default 2)")
+    p.add_argument("--devices-per-process", type=int, default=4, metavar="D",
+                   help="local-pod: fake CPU devices per process (default 4)")
     p.add_argument("--tpu-name", help="TPU VM name (sweeps: overrides the config's tpu.name)")
     p.add_argument("--tpu-zone", help="TPU VM zone (sweeps: overrides tpu.zone)")
     p.add_argument("--tpu-project", help="Google Cloud project (default: gcloud's)")
@@ -80,14 +86,15 @@ def _run(args: argparse.Namespace) -> int:
     from msm_jax.experiment.runner import run_experiment_file
 
     return run_experiment_file(args.config, args.overrides, dry_run=args.dry_run, only=args.only,
-                               launcher=args.launcher, tpu_overrides=_tpu_overrides(args))
+                               launcher=args.launcher, tpu_overrides=_tpu_overrides(args),
+                               processes=args.processes, devices=args.devices_per_process)
 
 
 def _sweep(args: argparse.Namespace) -> int:
     from msm_jax.experiment.sweep import run_sweep_file
 
     return run_sweep_file(args.config, list(args.overrides) + _tpu_overrides(args), dry_run=args.dry_run,
-                          launcher=args.launcher)
+                          launcher=args.launcher, processes=args.processes, devices=args.devices_per_process)
 
 
 def _demo(args: argparse.Namespace) -> int:

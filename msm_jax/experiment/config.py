@@ -50,8 +50,22 @@ class ShardsStageConfig:
     config: str  # configs/shards/*.yaml
     data: tuple[str, ...]  # dataset names (their kind decides docs vs chats)
     budget_tokens: Optional[int] = None  # exact nested token budget
+    # without a budget: the tokens these inputs are expected to hold (for the plan's steps
+    # and TPU hours, and for `mix: tokens`); the build itself takes every token there is
+    expected_tokens: Optional[int] = None
     overrides: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        for name in ("budget_tokens", "expected_tokens"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive or null")
+
+    @property
+    def tokens(self) -> Optional[int]:
+        """The tokens the plan counts on: the budget, else the expected count."""
+        return self.budget_tokens if self.budget_tokens is not None else self.expected_tokens
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -59,14 +73,19 @@ class TrainStageConfig:
     """`msm train CONFIG run_dir=DIR data.sources=[...] [init.from_checkpoint=MIDTRAIN]`."""
 
     config: str  # configs/train/*.yaml
-    shards: tuple[str, ...]  # shard names, mixed with equal weight unless `weights` is set
+    shards: tuple[str, ...]  # shard names, mixed with equal weight unless `weights` or `mix` says otherwise
     weights: tuple[float, ...] = ()
+    # tokens: weigh each shard set by its token count (budget_tokens or expected_tokens), so an
+    # epoch reads every set once, e.g. AFT chats plus an instruction-tuning mix of 2M tokens
+    mix: Literal["weights", "tokens"] = "weights"
     overrides: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if self.weights and len(self.weights) != len(self.shards):
             raise ValueError(f"weights has {len(self.weights)} entries for {len(self.shards)} shards")
+        if self.weights and self.mix == "tokens":
+            raise ValueError("set either weights or mix: tokens, not both")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -92,6 +111,19 @@ class EvalStageConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class SliceConfig:
+    """The TPU slice the plan estimates hours for, and the efficiency it assumes."""
+
+    accelerator: str  # e.g. v5p-32, v6e-16, v5litepod-8, v4-8
+    train_mfu: float = 0.4  # assumed model FLOPs utilisation of training steps
+    sample_mfu: float = 0.05  # assumed for sampling (evals): decoding is memory-bound
+
+    def validate(self) -> None:
+        if not (0 < self.train_mfu <= 1 and 0 < self.sample_mfu <= 1):
+            raise ValueError("train_mfu and sample_mfu must be in (0, 1]")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
     name: str
     out: str  # root of every stage's folder, local or gs://
@@ -105,10 +137,19 @@ class ExperimentConfig:
     evals: dict[str, EvalStageConfig] = dataclasses.field(default_factory=dict)
     report: bool = True  # results table + loss curves under OUT/report
     notes: str = ""  # what the arms measure, copied into the report
+    slice: Optional[SliceConfig] = None  # the TPU slice `--dry-run` estimates hours for
+
 
     def validate(self) -> None:
+        from msm_jax.experiment.plan import slice_chips
+
         if not self.arms:
             raise ValueError("an experiment needs at least one arm")
+        if self.slice is not None:
+            try:
+                slice_chips(self.slice.accelerator)
+            except ValueError as e:
+                raise ValueError(f"slice.accelerator: {e}") from None
         if self.base_model is not None and self.pretrain is not None:
             raise ValueError("set at most one of base_model (import a Hugging Face model) and pretrain")
         for name, arm in self.arms.items():
@@ -134,6 +175,8 @@ class ExperimentConfig:
                 if s not in self.shards:
                     raise ValueError(f"{where}.shards names unknown shards {s!r} "
                                      f"(shards: {', '.join(self.shards) or 'none'})")
+                if stage.mix == "tokens" and self.shards[s].tokens is None:
+                    raise ValueError(f"{where}.mix: tokens needs shards.{s}.budget_tokens or expected_tokens")
         if self.evals and not self.export and any(e.model == "hf" for e in self.evals.values()):
             raise ValueError("an eval with model: hf needs export: true")
 

@@ -4,54 +4,26 @@ on `--dry-run`."""
 
 from __future__ import annotations
 
-import math
 import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from msm_jax.errors import UserError
 from msm_jax.experiment import manifest, paths
+from msm_jax.experiment.launchers import Launcher, LocalPodLauncher, TpuLauncher
 from msm_jax.experiment.stages import Stage
 
 LOG_FILE = "stage.log"
 LOG_MIRROR = Path(".msm_logs")  # logs of stages whose folder is gs://
 BUCKET_MOUNT = "/gcs/"  # where tools/tpu/install.sh --bucket mounts Cloud Storage on every worker
-ALL_WORKER_KINDS = ("pretrain", "midtrain", "sft", "eval")  # JAX programs that span every host of a slice
-
-
-class Launcher:
-    """Turns a stage's `msm` arguments into the process to start."""
-
-    def __init__(self, msm_prefix: Optional[Sequence[str]] = None):
-        self.msm_prefix = list(msm_prefix or [sys.executable, "-m", "msm_jax.cli"])
-
-    def command(self, stage: Stage) -> list[str]:
-        return self.msm_prefix + stage.argv
-
-
-class TpuLauncher(Launcher):
-    """Runs each stage on a TPU VM through tools/tpu/run_stage.sh: JAX stages on every worker
-    at once, CPU stages (generate, shards, export) on worker 0."""
-
-    def __init__(self, name: str, zone: str, project: Optional[str] = None,
-                 script: str = "tools/tpu/run_stage.sh"):
-        super().__init__(["msm"])
-        self.name, self.zone, self.project, self.script = name, zone, project, script
-
-    def command(self, stage: Stage) -> list[str]:
-        workers = "all" if stage.kind in ALL_WORKER_KINDS else "0"
-        cmd = ["bash", self.script, "--name", self.name, "--zone", self.zone, "--workers", workers]
-        if self.project:
-            cmd += ["--project", self.project]
-        return cmd + ["--", *super().command(stage)]
 
 
 def log_path(stage: Stage) -> Path:
     if paths.is_remote(stage.dir):
         return LOG_MIRROR / stage.dir.split("://", 1)[1] / LOG_FILE
+    if paths.routed(stage.dir):
+        return LOG_MIRROR / stage.dir.lstrip("/") / LOG_FILE
     return Path(stage.dir) / LOG_FILE
 
 
@@ -78,70 +50,30 @@ def statuses(stages: list[Stage], unreachable_ok: bool = False) -> dict[str, man
 # ---------------------------------------------------------------------------------------
 
 
-def _spend(stage: Stage) -> Optional[float]:
-    """Estimated API spend of a generation stage, from the generator's own preview."""
-    try:
-        from data_pipeline import aft_chats, msm_docs
-        from data_pipeline.generate_cli import flag_overrides
-        from msm_jax.cli import build_parser
-        from msm_jax.config import load_config
+def print_plan(stages: list[Stage], launcher: Launcher, status: dict[str, manifest.Status], out=print,
+               slice_cfg=None) -> None:
+    """The stages, what each will do, and the estimates (tokens, steps, API spend, TPU hours)
+    of what is still to run; fails (ConfigError) when a stage's warmup exceeds its steps."""
+    from msm_jax.experiment import plan
 
-        args = build_parser().parse_args(stage.argv)
-        module, cls = (msm_docs, msm_docs.DocsConfig) if args.what == "docs" else (aft_chats, aft_chats.ChatsConfig)
-        cfg = load_config(cls, args.config, list(args.overrides) + flag_overrides(args))
-        if cfg.llm.backend != "anthropic":
-            return 0.0
-        return float(module.preview(cfg)["est_total_usd"])
-    except Exception:  # an estimate only: the plan still prints without it
-        return None
-
-
-def _estimates(stages: list[Stage], status: dict[str, manifest.Status]) -> tuple[dict[str, str], float]:
-    """One line of tokens / steps / spend per stage, as far as the configs tell, and the
-    estimated API spend of the generation stages still to run."""
-    tokens = {s.id: s.estimate.get("tokens") for s in stages if s.kind == "shards"}
-    out, total, seen = {}, 0.0, set()
-    for stage in stages:
-        est = stage.estimate
-        if stage.kind == "generate":
-            spend = _spend(stage)
-            out[stage.id] = f"API ~${spend:.2f}" if spend is not None else "API spend: unknown"
-            if spend is not None and status[stage.id] != "done" and stage.dir not in seen:
-                total += spend
-            seen.add(stage.dir)
-        elif stage.kind == "shards":
-            out[stage.id] = f"{est['tokens']:,} tokens" if est.get("tokens") else "all tokens"
-        elif stage.kind in ("pretrain", "midtrain", "sft"):
-            out[stage.id] = _train_line(est, [tokens.get(d) for d in stage.deps if d.startswith("shards/")])
-    return out, total
-
-
-def _train_line(est: dict, shard_tokens: list) -> str:
-    per_step = est.get("tokens_per_step")
-    steps = est.get("steps")
-    if steps is None and per_step and shard_tokens and all(shard_tokens):
-        steps = f"~{math.ceil(sum(shard_tokens) * (est.get('epochs') or 1) / per_step)}"
-    epochs = est.get("epochs") or 1
-    parts = [f"{steps} steps" if steps is not None else f"{epochs} epoch{'s' * (epochs > 1)} over the shards"]
-    if per_step:
-        parts.append(f"{per_step:,} tokens/step")
-    return ", ".join(parts)
-
-
-def print_plan(stages: list[Stage], launcher: Launcher, status: dict[str, manifest.Status], out=print) -> None:
-    est, spend = _estimates(stages, status)
+    est = plan.estimate_stages(stages, slice_cfg)
     first_with_dir: dict[str, str] = {}
     for stage in stages:
         first_with_dir.setdefault(stage.dir, stage.id)
     shared = {s.id: first_with_dir[s.dir] for s in stages if first_with_dir[s.dir] != s.id}
     counts = {k: sum(1 for sid, v in status.items() if v == k and sid not in shared) for k in ("run", "resume", "done")}
+    to_run = {s.id for s in stages if s.id not in shared and status[s.id] != "done"}
+    total = plan.totals(stages, est, to_run)
     out(f"plan: {len(stages) - len(shared)} stages: {counts['run']} to run, {counts['resume']} to resume, "
-        f"{counts['done']} done (skipped); estimated API spend ~${spend:.2f}")
+        f"{counts['done']} done (skipped); estimated API spend ~${total['generation_usd'] + total['judging_usd']:.2f}")
+    for line in plan.summary_lines(total, slice_cfg):
+        out(f"  {line}")
     for stage in stages:
         action = "same" if stage.id in shared else {"run": "run", "resume": "resume", "done": "skip"}[status[stage.id]]
-        extra = f"  [{est[stage.id]}]" if stage.id in est else ""
         where = f"= {shared[stage.id]}" if stage.id in shared else stage.dir
-        out(f"  {action:<6} {stage.id:<36} {where}{extra}")
+        out(f"  {action:<6} {stage.id:<36} {where}")
+        if stage.id in est and stage.id not in shared:
+            out(f"         ~ {est[stage.id].detail}")
         if action in ("run", "resume") and stage.call is None:
             out(f"         $ {shlex.join(launcher.command(stage))}")
 
@@ -169,23 +101,20 @@ def run_stage(stage: Stage, launcher: Launcher, context: dict) -> None:
         return
     log = log_path(stage)
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = launcher.command(stage)
-    with open(log, "a") as f:
-        f.write(f"$ {shlex.join(cmd)}\n")
-        f.flush()
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
-    manifest.mark_finished(stage, rc == 0, time.time() - start, {"returncode": rc})
-    if rc != 0:
-        raise UserError(f"stage {stage.id} failed (exit {rc}); its log is {log}. Fix the cause and run the "
-                        f"same command again: finished stages are skipped and this one resumes.\n"
-                        f"--- last lines of {log} ---\n{_tail(log)}")
+    outcome = launcher.run(stage, log)
+    manifest.mark_finished(stage, outcome.returncode == 0, time.time() - start, {"returncode": outcome.returncode})
+    if outcome.returncode != 0:
+        shown = outcome.log or log
+        raise UserError(f"stage {stage.id} failed ({outcome.failure}); its log is {shown}. Fix the cause and "
+                        f"run the same command again: finished stages are skipped and this one resumes.\n"
+                        f"--- last lines of {shown} ---\n{_tail(shown)}")
 
 
 def run_stages(stages: list[Stage], launcher: Launcher, *, dry_run: bool = False, out: Callable = print,
-               context: Optional[dict] = None) -> dict[str, manifest.Status]:
+               context: Optional[dict] = None, slice_cfg=None) -> dict[str, manifest.Status]:
     """Run what the plan says; returns the plan-time statuses."""
     status = statuses(stages, unreachable_ok=dry_run)
-    print_plan(stages, launcher, status, out)
+    print_plan(stages, launcher, status, out, slice_cfg)
     if dry_run:
         return status
     context = context if context is not None else {}
@@ -244,7 +173,23 @@ def missing_inputs(cfg) -> list[str]:
     given = [(f"datasets.{n}.path", d.path) for n, d in cfg.datasets.items() if d.path]
     given += [("base_model", cfg.base_model), ("tokenizer.path", cfg.tokenizer.path if cfg.tokenizer else None)]
     return [f"{key}: {value} not found" for key, value in given
-            if value and not paths.is_remote(value) and not Path(resolve_file(value)).exists()]
+            if value and not paths.is_remote(value) and not paths.routed(value) and not Path(resolve_file(value)).exists()]
+
+
+def check_same_experiment(cfg) -> None:
+    """An output folder belongs to one experiment: refuse to write over another's experiment.yaml."""
+    import yaml
+
+    path = paths.join(cfg.out, "experiment.yaml")
+    if not paths.exists(path):
+        return
+    try:
+        previous = yaml.safe_load(paths.read_text(path))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        previous = None
+    name = previous.get("name") if isinstance(previous, dict) else None
+    if name != cfg.name:
+        raise UserError(f"{path}: {cfg.out} holds experiment {name!r}, not {cfg.name!r}; choose another out=")
 
 
 def run_experiment(cfg, *, dry_run: bool = False, only: Sequence[str] = (), launcher: Optional[Launcher] = None,
@@ -260,10 +205,11 @@ def run_experiment(cfg, *, dry_run: bool = False, only: Sequence[str] = (), laun
     stages = select(plan_experiment(cfg), only)
     context = {"config": cfg, "stages": stages}
     if not dry_run:
+        check_same_experiment(cfg)
         paths.makedirs(cfg.out)
         paths.write_text(paths.join(cfg.out, "experiment.yaml"), to_yaml(cfg))
     start = time.time()
-    run_stages(stages, launcher or Launcher(), dry_run=dry_run, out=out, context=context)
+    run_stages(stages, launcher or Launcher(), dry_run=dry_run, out=out, context=context, slice_cfg=cfg.slice)
     if not dry_run:
         out(f"{cfg.name}: finished in {time.time() - start:.1f} s")
         if "report_path" in context:
@@ -271,20 +217,38 @@ def run_experiment(cfg, *, dry_run: bool = False, only: Sequence[str] = (), laun
     return context
 
 
-def make_launcher(kind: str, tpu, out_root: str) -> Launcher:
-    """The local launcher, or the TPU one for a TpuLauncherConfig (whose stages must live on gs://)."""
+def make_launcher(kind: str, tpu, out_root: str, processes: int = 2, devices: int = 4) -> Launcher:
+    """The local launcher, a local pod of `processes` x `devices` fake CPU devices, or the TPU
+    one for a TpuLauncherConfig (whose stages must live on gs:// or the bucket mount)."""
     if kind == "local":
         return Launcher()
+    if kind == "local-pod":
+        if processes < 1 or devices < 1:
+            raise UserError(f"--launcher local-pod: --processes ({processes}) and --devices-per-process "
+                            f"({devices}) must be at least 1")
+        return LocalPodLauncher(processes, devices)
     if tpu is None:
         raise UserError("--launcher tpu needs the TPU VM: --tpu-name NAME --tpu-zone ZONE (or a `tpu:` section)")
     if not (paths.is_remote(out_root) or str(out_root).startswith(BUCKET_MOUNT)):
         raise UserError(f"--launcher tpu: out {out_root!r} must be a folder every TPU worker sees: "
                         f"{BUCKET_MOUNT}BUCKET/... (tools/tpu/install.sh --bucket mounts it) or gs://BUCKET/...")
+    route_bucket_mount(str(out_root))
     return TpuLauncher(tpu.name, tpu.zone, tpu.project, tpu.script)
 
 
+def route_bucket_mount(out_root: str) -> None:
+    """Where this machine does not mount /gcs/BUCKET (the workers do), read and write the
+    runner's own files there through gs://BUCKET instead."""
+    if not out_root.startswith(BUCKET_MOUNT):
+        return
+    bucket = out_root[len(BUCKET_MOUNT):].split("/", 1)[0]
+    if bucket and not Path(BUCKET_MOUNT, bucket).is_dir():
+        paths.route(f"{BUCKET_MOUNT}{bucket}/", f"gs://{bucket}/")
+
+
 def run_experiment_file(path, overrides: Sequence[str] = (), *, dry_run: bool = False, only: Sequence[str] = (),
-                        launcher: str = "local", tpu_overrides: Sequence[str] = ()) -> int:
+                        launcher: str = "local", tpu_overrides: Sequence[str] = (), processes: int = 2,
+                        devices: int = 4) -> int:
     from msm_jax.config import from_dict, load_config, parse_override
     from msm_jax.experiment.config import ExperimentConfig, TpuLauncherConfig
 
@@ -295,5 +259,5 @@ def run_experiment_file(path, overrides: Sequence[str] = (), *, dry_run: bool = 
     if tpu_overrides:
         fields = {k.split(".", 1)[1]: v for k, v in map(parse_override, tpu_overrides)}
         tpu = from_dict(TpuLauncherConfig, fields, {"": "command line"}, "tpu")
-    run_experiment(cfg, dry_run=dry_run, only=only, launcher=make_launcher(launcher, tpu, cfg.out))
+    run_experiment(cfg, dry_run=dry_run, only=only, launcher=make_launcher(launcher, tpu, cfg.out, processes, devices))
     return 0

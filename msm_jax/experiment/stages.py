@@ -122,12 +122,16 @@ def _shard_stages(cfg: ExperimentConfig) -> list[Stage]:
             argv += ["--budget-tokens", str(sh.budget_tokens)]
         deps = _dataset_deps(cfg, sh.data) + (["tokenizer"] if _trains_tokenizer(cfg) else [])
         stages.append(Stage(id=f"shards/{name}", kind="shards", argv=argv + list(sh.args), deps=deps,
-                            config=config, estimate={"tokens": sh.budget_tokens}))
+                            config=config, estimate={"tokens": sh.tokens, "budget": sh.budget_tokens is not None}))
     return stages
 
 
-def _train_stage(kind: str, arm_name: str, st: TrainStageConfig, init_from: Optional[str]) -> Stage:
-    weights = st.weights or (1.0,) * len(st.shards)
+def _train_stage(cfg: ExperimentConfig, kind: str, arm_name: str, st: TrainStageConfig,
+                 init_from: Optional[str]) -> Stage:
+    if st.mix == "tokens":
+        weights = tuple(float(cfg.shards[s].tokens) for s in st.shards)
+    else:
+        weights = st.weights or (1.0,) * len(st.shards)
     sources = [{"path": f"@shards/{s}@", "weight": w} for s, w in zip(st.shards, weights)]
     config = resolve_file(st.config)
     argv = ["train", config, *st.overrides, "run_dir=@local@", f"checkpoint.directory=@out@/{CHECKPOINT_SUBDIR}",
@@ -157,10 +161,10 @@ def _arm_stages(cfg: ExperimentConfig, arm_name: str, arm: ArmConfig) -> list[St
     stages = []
     base = base_stage(cfg)
     if arm.midtrain is not None:
-        stages.append(_train_stage("midtrain", arm_name, arm.midtrain, base))
+        stages.append(_train_stage(cfg, "midtrain", arm_name, arm.midtrain, base))
     if arm.sft is not None:
         init = f"midtrain/{arm_name}" if arm.midtrain is not None else base
-        stages.append(_train_stage("sft", arm_name, arm.sft, init))
+        stages.append(_train_stage(cfg, "sft", arm_name, arm.sft, init))
     final = final_train_stage(cfg, arm_name, arm)
     imported_as_is = arm.midtrain is None and arm.sft is None and cfg.base_model is not None
     if cfg.export and not imported_as_is:  # a baseline on an imported model is its HF dir already
@@ -198,7 +202,7 @@ def build_stages(cfg: ExperimentConfig, report: Optional[Callable] = None) -> li
         argv = ["convert", "hf-to-orbax", resolve_file(cfg.base_model), f"@out@/{CHECKPOINT_SUBDIR}"]
         stages.append(Stage(id="import", kind="import", argv=argv, deps=[]))
     if cfg.pretrain is not None:
-        pretrain = _train_stage("pretrain", "", cfg.pretrain, None)
+        pretrain = _train_stage(cfg, "pretrain", "", cfg.pretrain, None)
         pretrain.id = "pretrain"
         stages.append(pretrain)
     for arm_name, arm in cfg.arms.items():
@@ -266,7 +270,11 @@ def _key(fingerprint: dict) -> str:
 
 
 def local_dir(stage: Stage) -> str:
-    """The stage's folder if local; else a local mirror (train metrics, logs) under LOCAL_MIRROR."""
+    """The stage's folder if local; else a local mirror (train metrics, logs) under LOCAL_MIRROR.
+    The report, written here, also goes to the mirror when its folder is a bucket mount this
+    machine lacks (paths.route)."""
+    if stage.kind == "report" and paths.routed(stage.dir):
+        return str(Path(LOCAL_MIRROR) / stage.dir.lstrip("/"))
     if not paths.is_remote(stage.dir):
         return stage.dir
     return str(Path(LOCAL_MIRROR) / stage.dir.split("://", 1)[1])

@@ -164,7 +164,7 @@ def run_sweep(sweep: SweepConfig, *, dry_run: bool = False, launcher: Optional[L
     if not dry_run:
         paths.makedirs(sweep.out)
         paths.write_text(paths.join(sweep.out, "sweep.yaml"), to_yaml(sweep))
-    run_stages(merged, launcher or Launcher(), dry_run=dry_run, out=out)
+    run_stages(merged, launcher or Launcher(), dry_run=dry_run, out=out, slice_cfg=runs[0].config.slice)
     if dry_run:
         return None
     report = write_sweep_report(sweep, runs)
@@ -172,9 +172,10 @@ def run_sweep(sweep: SweepConfig, *, dry_run: bool = False, launcher: Optional[L
     return report
 
 
-def run_sweep_file(path, overrides: Sequence[str] = (), *, dry_run: bool = False, launcher: str = "local") -> int:
+def run_sweep_file(path, overrides: Sequence[str] = (), *, dry_run: bool = False, launcher: str = "local",
+                   processes: int = 2, devices: int = 4) -> int:
     if not Path(path).is_file():
         raise UserError(f"{path}: sweep config not found")
     sweep = load_config(SweepConfig, path, overrides)
-    run_sweep(sweep, dry_run=dry_run, launcher=make_launcher(launcher, sweep.tpu, sweep.out))
+    run_sweep(sweep, dry_run=dry_run, launcher=make_launcher(launcher, sweep.tpu, sweep.out, processes, devices))
     return 0

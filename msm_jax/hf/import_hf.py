@@ -81,7 +81,7 @@ def load_hf_params(hf_dir: str | Path, cfg: ModelConfig, mesh: Optional[jax.shar
             for part in tm.path:
                 node = node[part]
             arr = _assemble(tm, reader, cfg, node.shape, np.dtype(node.dtype))
-            placed = jax.make_array_from_callback(node.shape, node.sharding, lambda idx, a=arr: a[idx])
+            placed = jax.make_array_from_callback(node.shape, node.sharding, lambda idx, a=arr: a[idx], dtype=arr.dtype)
             del arr
             dst = params
             for part in tm.path[:-1]:
@@ -100,7 +100,8 @@ def load_hf_params(hf_dir: str | Path, cfg: ModelConfig, mesh: Optional[jax.shar
 def hf_to_orbax(hf_dir: str | Path, ckpt_dir: str | Path, **options: Any) -> ModelConfig:
     """Import `hf_dir` into an Orbax checkpoint (step 0) at `ckpt_dir`."""
     cfg = config_from_hf_dir(hf_dir, **options)
-    params = load_hf_params(hf_dir, cfg)
+    # every device of every process holds a shard: Orbax saves on several hosts only what each holds
+    params = load_hf_params(hf_dir, cfg, make_mesh(MeshConfig()))
     checkpoint.save_params(ckpt_dir, params, checkpoint.make_meta(cfg, source=str(Path(hf_dir).absolute())))
     return cfg
 

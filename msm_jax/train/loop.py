@@ -136,6 +136,8 @@ class Trainer:
         self.eval_loader = _make_eval_loader(cfg, eval_loader)
         self.total_steps = total_steps(cfg, self.loader)
         self.model_cfg = resolve_model_config(cfg)
+        for source in (self.loader, self.eval_loader):  # shard loaders know their tokenizer's size
+            getattr(source, "check_vocab", lambda n: None)(self.model_cfg.vocab_size)
         self.mesh = make_mesh(cfg.mesh)
         self.spec = TrainSpec.create(self.model_cfg, cfg.lora, self.mesh, cfg.mesh.resolved_rules())
         self.schedule = learning_rate(cfg.optimizer, cfg.schedule, self.total_steps)

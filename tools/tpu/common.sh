@@ -14,6 +14,13 @@ quote_args() {
   echo "${out[*]}"
 }
 
+# Shell lines as one line ("a; b; c"), so that every command prints on one copy-pasteable line.
+join_lines() {
+  local IFS=';'
+  local joined="$*"
+  echo "${joined//;/; }"
+}
+
 run() {
   echo "+ $(quote_args "$@")"
   if [[ "$DRY_RUN" == 1 ]]; then return 0; fi
@@ -35,6 +42,14 @@ tpu_vm() {
   local args=(gcloud compute tpus tpu-vm "$@" --zone "$ZONE")
   if [[ -n "$PROJECT" ]]; then args+=(--project "$PROJECT"); fi
   run "${args[@]}"
+}
+
+# Errors that mean "try again later", not "fix something": no capacity or quota in the zone.
+CAPACITY_RE='no more capacity|stockout|resource_exhausted|resources? (are|is) (currently )?(un)?available|insufficient capacity|quota exceeded|zone_resource_pool_exhausted|there is no capacity'
+EX_CAPACITY=75  # create.sh gave up waiting for capacity (EX_TEMPFAIL)
+
+is_capacity_error() {
+  printf '%s' "$1" | grep -qiE "$CAPACITY_RE"
 }
 
 # The runtime image that matches an accelerator type.

@@ -46,9 +46,28 @@ tpu_state() {
   "${args[@]}" 2>/dev/null || echo MISSING
 }
 
+# Create (create.sh retries "no capacity" with backoff) and install; returns create.sh's 75
+# when capacity never came, so the loop below waits and tries again instead of giving up.
 provision() {
-  bash "$HERE/create.sh" "${common[@]}" --accelerator "$ACCEL" ${VERSION:+--version "$VERSION"} --spot "${dry[@]}"
+  local rc=0
+  bash "$HERE/create.sh" "${common[@]}" --accelerator "$ACCEL" ${VERSION:+--version "$VERSION"} --spot "${dry[@]}" || rc=$?
+  if (( rc != 0 )); then return "$rc"; fi
   bash "$HERE/install.sh" "${common[@]}" ${SOURCE:+--source "$SOURCE"} ${BUCKET:+--bucket "$BUCKET"} "${dry[@]}"
+}
+
+# provision, or say why not: 0 ready, 1 retry later (no capacity), exits on any other failure
+provision_or_wait() {
+  local rc=0
+  provision || rc=$?
+  if (( rc == EX_CAPACITY )); then
+    echo "spot_run: no capacity yet; trying again in ${POLL_S}s"
+    sleep "$POLL_S"
+    return 1
+  fi
+  if (( rc != 0 )); then
+    echo "spot_run: provisioning failed (exit $rc), not a capacity problem: stopping" >&2
+    exit "$rc"
+  fi
 }
 
 for ((attempt = 1; attempt <= MAX_ATTEMPTS; attempt++)); do
@@ -56,10 +75,10 @@ for ((attempt = 1; attempt <= MAX_ATTEMPTS; attempt++)); do
   echo "spot_run: attempt $attempt/$MAX_ATTEMPTS, TPU $NAME is $state"
   case "$state" in
     READY) ;;
-    MISSING) provision ;;
+    MISSING) provision_or_wait || continue ;;
     PREEMPTED|TERMINATED|STOPPED|SUSPENDED)
       tpu_vm delete "$NAME" --quiet
-      provision ;;
+      provision_or_wait || continue ;;
     *) sleep "$POLL_S"; continue ;;  # CREATING, REPAIRING, DELETING...: wait for it to settle
   esac
   if run "$@"; then
