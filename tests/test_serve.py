@@ -209,3 +209,36 @@ def test_msm_serve_command_serves_a_hugging_face_folder(dirs):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_serve_like_one_and_shut_down_together(dirs, client):
+    """Process 0 serves HTTP and broadcasts each batch; both decode it (fsdp over their devices)."""
+    import signal
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+                   MSM_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", MSM_NUM_PROCESSES="2", MSM_PROCESS_ID=str(i))
+        procs.append(subprocess.Popen([sys.executable, "-m", "msm_jax.cli", "serve", str(dirs / "ckpt"), "--port", "0",
+                                       "--model-name", "tiny", "--mesh", "fsdp=-1"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, text=True, env=env))
+    try:
+        line = procs[0].stdout.readline()
+        while line and "listening on" not in line:  # gloo prints its connection first
+            line = procs[0].stdout.readline()
+        two = openai.OpenAI(base_url=line.split()[-1], api_key="unused", max_retries=0, timeout=300)
+        for q in QUESTIONS[:2]:
+            got = two.chat.completions.create(model="tiny", messages=chat(q), temperature=0, max_tokens=8, n=2)
+            one = client.chat.completions.create(model="tiny", messages=chat(q), temperature=0, max_tokens=8)
+            assert [c.message.content for c in got.choices] == [one.choices[0].message.content] * 2
+        procs[0].send_signal(signal.SIGINT)  # process 0 stops serving and tells process 1 to stop
+        assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
