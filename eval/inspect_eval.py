@@ -113,6 +113,8 @@ class Served:
         timer = threading.Timer(SERVE_START_TIMEOUT_S, self.proc.kill)
         timer.start()
         line = self.proc.stdout.readline()
+        while line and "listening on" not in line:  # libraries may print first
+            line = self.proc.stdout.readline()
         timer.cancel()
         if "listening on" not in line:
             self.__exit__(None, None, None)

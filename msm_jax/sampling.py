@@ -170,8 +170,12 @@ class Sampler:
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, *,
                  eos_ids: Sequence[int] = (), detokenize: Callable[[list[int]], str] | None = None,
-                 batch_size: int = 8) -> list[Generation]:
-        """Continue every prompt (token ids); batches of `batch_size` rows (padded)."""
+                 batch_size: int = 8, on_tokens: Callable[[int, list[int]], None] | None = None) -> list[Generation]:
+        """Continue every prompt (token ids); batches of `batch_size` rows (padded).
+
+        `on_tokens(i, tokens)`, if given, is called after every decoded chunk with prompt i's
+        tokens so far (a copy, up to `chunk_size` past max_tokens or an end-of-sequence id):
+        what a server streams while the batch is still decoding."""
         if params.stop and detokenize is None:
             raise ValueError("stop strings need a detokenize function")
         mult = self._batch_multiple()
@@ -181,10 +185,11 @@ class Sampler:
             chunk = [list(p) for p in prompts[start:start + batch_size]]
             key = jax.random.fold_in(jax.random.key(params.seed), start)
             rows = _rows(len(chunk), batch_size, mult)
-            results.extend(self._generate_batch(chunk, rows, params, eos_ids, detokenize, key))
+            progress = None if on_tokens is None else (lambda i, toks, start=start: on_tokens(start + i, toks))
+            results.extend(self._generate_batch(chunk, rows, params, eos_ids, detokenize, key, progress))
         return results
 
-    def _generate_batch(self, prompts, batch_size, params, eos_ids, detokenize, key) -> list[Generation]:
+    def _generate_batch(self, prompts, batch_size, params, eos_ids, detokenize, key, on_tokens) -> list[Generation]:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         real = len(prompts)
@@ -220,6 +225,8 @@ class Sampler:
                         out_tokens[i].extend(out[i].tolist())
                         hit_stop = params.stop and _find_stop(detokenize(out_tokens[i]), params.stop) is not None
                         stopped[i] = bool(done_host[i] or hit_stop)
+                        if on_tokens is not None:
+                            on_tokens(i, list(out_tokens[i]))
                 if stopped.all():
                     break
         return [_finish(t, params, set(eos_ids), detokenize) for t in out_tokens[:real]]

@@ -122,6 +122,50 @@ def test_streamed_chat_equals_the_unstreamed_one(client):
     assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
 
 
+def test_streams_send_each_decoded_chunk_while_the_batch_still_decodes(server, client):
+    from msm_jax.serve import protocol
+
+    chunk = server.engine.backend.sampler.chunk_size
+    body = {"model": "tiny", "prompt": QUESTIONS[2], "max_tokens": 2 * chunk + 10, "temperature": 0}
+    req = protocol.parse_completion(body, server.limits, server.engine.codec.encode)
+    seen, holder = [], []
+    holder.append(server.engine.submit(req.jobs[0], progress=lambda k, toks: seen.append(
+        (k, len(toks), holder[0].done()))))
+    gen = holder[0].result(timeout=120)[0]
+    assert gen.finish_reason == "length"  # this prompt runs to max_tokens: three chunks decoded
+    assert seen == [(0, chunk, False), (0, 2 * chunk, False), (0, 3 * chunk, False)]
+    # Over HTTP the same text arrives in pieces, one per chunk, and adds up to the whole reply.
+    full = protocol.finish(gen, req.jobs[0].params, server.engine.codec.decode)[0]
+    pieces = [c.choices[0].text for c in client.completions.create(**body, stream=True) if c.choices]
+    assert len([p for p in pieces if p]) >= 2 and "".join(pieces) == full
+
+
+def test_partial_text_only_sends_what_the_final_text_starts_with():
+    from msm_jax.sampling import Generation, SamplingParams
+    from msm_jax.serve.protocol import finish, partial_text
+
+    def decode(ids):  # one character per token; 0 is half of a two-byte character
+        return "".join("\ufffd" if t == 0 else chr(t) for t in ids)
+
+    def both(text, params, eos=(), more=""):
+        ids = [ord(ch) for ch in text]
+        final = finish(Generation(tokens=ids + [ord(ch) for ch in more], text=None, finish_reason="length"),
+                       params, decode)[0]
+        part = partial_text(ids + [9999] if eos else ids, params, set(eos), decode)
+        assert final.startswith(part)
+        return part
+
+    plain = SamplingParams(max_tokens=100)
+    assert both("hello wor", plain, more="ld") == "hello wor"
+    assert both("hello ", plain, more="world") == "hello"          # trailing space held back
+    assert partial_text([104, 105, 0], plain, set(), decode) == "hi"  # unfinished character held back
+    assert both("hello", SamplingParams(max_tokens=3), more="!") == "hel"
+    assert both("done", plain, eos=(9999,)) == "done"
+    stop = SamplingParams(max_tokens=100, stop=("END",))
+    assert both("a b E", stop, more="ND c") == "a b"               # may be the start of the stop string
+    assert both("a ENDb", stop) == "a "
+
+
 def test_seeded_samples_repeat_and_n_choices_differ(client):
     def sample(seed):
         r = client.chat.completions.create(model="tiny", messages=chat(QUESTIONS[1]), temperature=1.0,
@@ -165,3 +209,36 @@ def test_msm_serve_command_serves_a_hugging_face_folder(dirs):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_serve_like_one_and_shut_down_together(dirs, client):
+    """Process 0 serves HTTP and broadcasts each batch; both decode it (fsdp over their devices)."""
+    import signal
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+                   MSM_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", MSM_NUM_PROCESSES="2", MSM_PROCESS_ID=str(i))
+        procs.append(subprocess.Popen([sys.executable, "-m", "msm_jax.cli", "serve", str(dirs / "ckpt"), "--port", "0",
+                                       "--model-name", "tiny", "--mesh", "fsdp=-1"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, text=True, env=env))
+    try:
+        line = procs[0].stdout.readline()
+        while line and "listening on" not in line:  # gloo prints its connection first
+            line = procs[0].stdout.readline()
+        two = openai.OpenAI(base_url=line.split()[-1], api_key="unused", max_retries=0, timeout=300)
+        for q in QUESTIONS[:2]:
+            got = two.chat.completions.create(model="tiny", messages=chat(q), temperature=0, max_tokens=8, n=2)
+            one = client.chat.completions.create(model="tiny", messages=chat(q), temperature=0, max_tokens=8)
+            assert [c.message.content for c in got.choices] == [one.choices[0].message.content] * 2
+        procs[0].send_signal(signal.SIGINT)  # process 0 stops serving and tells process 1 to stop
+        assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()

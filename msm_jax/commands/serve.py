@@ -10,7 +10,7 @@ from msm_jax.config import ConfigError, parse_override
 
 EPILOG = """\
 examples:
-  msm serve runs/demo/msm/sft --port 8000
+  msm serve RUN/checkpoints --port 8000
   msm serve ./export/sft --model-name sft --batch-size 16
   curl http://127.0.0.1:8000/v1/models
 

@@ -7,7 +7,8 @@ decoded, groups the jobs that can share one sampler call, and runs each group as
 batch (padded to `batch_size` rows). A group shares temperature, top_p and stop strings (the sampler takes one `SamplingParams` per call) and decodes to
 the largest max_tokens in it; each row is cut back to its own request's max_tokens.
 Greedy rows batch whatever their seed; a seeded sampling job runs alone, so the same
-seed gives the same text however requests interleave.
+seed gives the same text however requests interleave. A job submitted with `progress`
+hears of its rows' tokens after every decoded chunk (streaming).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from msm_jax.sampling import Generation, SamplingParams
 from msm_jax.serve import multihost
@@ -60,10 +61,14 @@ def load_backend(path: str, opts: ServeOptions):
         enable_thinking=opts.enable_thinking, step=opts.step, batch_size=opts.batch_size, mesh=mesh_cfg))
 
 
+Progress = Callable[[int, list[int]], None]  # (choice k of the job, its tokens so far)
+
+
 @dataclasses.dataclass
 class _Pending:
     job: Job
     future: Future
+    progress: Optional[Progress] = None
 
 
 class Engine:
@@ -88,10 +93,11 @@ class Engine:
         self._queue.put(None)
         self._thread.join()
 
-    def submit(self, job: Job) -> Future:
-        """A future of the job's `n` Generations."""
+    def submit(self, job: Job, progress: Optional[Progress] = None) -> Future:
+        """A future of the job's `n` Generations; `progress(k, tokens)` is called from the
+        batcher thread after every decoded chunk while row k of the job decodes."""
         fut: Future = Future()
-        self._queue.put(_Pending(job, fut))
+        self._queue.put(_Pending(job, fut, progress))
         return fut
 
     # -- batcher thread ---------------------------------------------------------------
@@ -142,7 +148,7 @@ class Engine:
         try:
             if multihost.multiprocess():
                 multihost.broadcast(multihost.batch_message(prompts, params))
-            gens = self.generate(prompts, params)
+            gens = self.generate(prompts, params, on_tokens=_progress_of(group))
         except Exception as e:  # the request fails, the server keeps serving
             for p in group:
                 p.future.set_exception(e)
@@ -152,11 +158,28 @@ class Engine:
             p.future.set_result(gens[i:i + p.job.n])
             i += p.job.n
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
-        """One sampler call; followers on other processes run exactly this."""
+    def generate(self, prompts: list[list[int]], params: SamplingParams, on_tokens=None) -> list[Generation]:
+        """One sampler call; followers on other processes run exactly this (without on_tokens)."""
         return self.backend.sampler.generate(prompts, params, eos_ids=self.codec.eos_ids,
                                              detokenize=self.codec.decode,
-                                             batch_size=self.batch_size)
+                                             batch_size=self.batch_size, on_tokens=on_tokens)
+
+
+def _progress_of(group: list[_Pending]):
+    """The sampler's per-row callback for a group: row -> (job, k) -> that job's progress.
+    None when no job streams. A failing listener (a client gone) never stops the batch."""
+    rows = [(p, k) for p in group for k in range(p.job.n)]
+    if not any(p.progress for p in group):
+        return None
+
+    def on_tokens(row: int, tokens: list[int]) -> None:
+        if row < len(rows) and rows[row][0].progress is not None:
+            p, k = rows[row]
+            try:
+                p.progress(k, tokens)
+            except Exception:  # noqa: BLE001 - the listener's problem, not the batch's
+                pass
+    return on_tokens
 
 
 def _seed(job: Job) -> int:

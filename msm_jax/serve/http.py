@@ -1,12 +1,15 @@
 """The HTTP front: standard-library threads, one per connection, all feeding one Engine.
 
 A bad request gets a 4xx in OpenAI's error shape and touches nothing else; a failure
-inside decoding fails only the requests of that batch (500), so the server keeps serving.
+inside decoding fails only the requests of that batch (500, or an error event in a stream
+already under way), so the server keeps serving. Streams send text as it is decoded, one
+event per choice per decoded chunk of tokens.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -70,6 +73,8 @@ class Handler(BaseHTTPRequestHandler):
         self._answer(req)
 
     def _answer(self, req: protocol.Request):
+        if req.stream:
+            return self._stream(req)
         engine = self.server.engine
         futures = [engine.submit(job) for job in req.jobs]
         choices = []
@@ -77,18 +82,64 @@ class Handler(BaseHTTPRequestHandler):
             for gen in fut.result():
                 text, reason, ntok = protocol.finish(gen, job.params, engine.codec.decode)
                 choices.append(Choice(len(choices), text, reason, ntok))
-        name = self.server.limits.model_name
-        if not req.stream:
-            return self._json(200, protocol.response(req, name, choices))
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-        for event in protocol.stream_events(req, name, choices):
-            self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-        self.wfile.write(b"data: [DONE]\n\n")
+        self._json(200, protocol.response(req, self.server.limits.model_name, choices))
+
+    def _stream(self, req: protocol.Request):
+        """Server-sent events while the jobs decode: the batcher thread reports each row's
+        tokens after every chunk (and each job's end) into a queue this thread drains."""
+        engine = self.server.engine
+        decode, eos = engine.codec.decode, set(engine.codec.eos_ids)
+        events: queue.Queue = queue.Queue()  # (job i, choice k, tokens) or (job i, None, future)
+        first = [sum(j.n for j in req.jobs[:i]) for i in range(len(req.jobs))]  # choice index of row 0
+        for i, job in enumerate(req.jobs):
+            fut = engine.submit(job, progress=lambda k, tokens, i=i: events.put((i, k, tokens)))
+            fut.add_done_callback(lambda f, i=i: events.put((i, None, f)))
+        chunks = protocol.StreamChunks(req, self.server.limits.model_name)
+        sent = [""] * sum(j.n for j in req.jobs)
+        choices = []
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            if req.kind == "chat":
+                for c in range(len(sent)):
+                    self._event(chunks.role(c))
+            left = len(req.jobs)
+            while left:
+                i, k, payload = events.get()
+                job = req.jobs[i]
+                if k is not None:  # progress of choice k of job i
+                    self._send_new(chunks, sent, first[i] + k, protocol.partial_text(payload, job.params, eos, decode))
+                    continue
+                left -= 1
+                try:
+                    gens = payload.result()
+                except Exception as e:  # noqa: BLE001 - the stream is under way: say it in the stream
+                    self._event(ApiError(500, f"{type(e).__name__}: {e}", kind="server_error").body())
+                    return
+                for k, gen in enumerate(gens):
+                    text, reason, ntok = protocol.finish(gen, job.params, decode)
+                    self._send_new(chunks, sent, first[i] + k, text)
+                    self._event(chunks.finish(first[i] + k, reason))
+                    choices.append(Choice(first[i] + k, text, reason, ntok))
+            if req.include_usage:
+                self._event(chunks.usage(sorted(choices, key=lambda c: c.index)))
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):  # the client left; its rows finish decoding unread
+            return
+
+    def _send_new(self, chunks: protocol.StreamChunks, sent: list[str], c: int, text: str) -> None:
+        """Send what `text` adds to what choice c has been sent (it always extends it)."""
+        if len(text) > len(sent[c]) and text.startswith(sent[c]):
+            self._event(chunks.delta(c, text[len(sent[c]):]))
+            sent[c] = text
+
+    def _event(self, payload: dict) -> None:
+        self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
         self.wfile.flush()
 
     # -- plumbing -------------------------------------------------------------------------

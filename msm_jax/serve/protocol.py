@@ -216,29 +216,53 @@ def response(req: Request, model: str, choices: list[Choice]) -> dict:
             "usage": usage(req.jobs, choices)}
 
 
-def stream_events(req: Request, model: str, choices: list[Choice], piece_chars: int = 64):
-    """The server-sent event payloads of a streamed response (without the final [DONE]).
-    Rows are decoded as one batch, so a choice's text is sent once it is complete, in
-    pieces of `piece_chars` characters."""
-    head = _head(req, model)
-    obj = "chat.completion.chunk" if req.kind == "chat" else "text_completion"
+def partial_text(tokens: list[int], params: SamplingParams, eos_ids: set[int],
+                 decode: Callable[[list[int]], str]) -> str:
+    """What can be streamed of a row that is still decoding: the part its final text (see
+    `finish`) will start with. Cut at max_tokens, an end-of-sequence id or a complete stop
+    string; trailing characters that later tokens may still change (an unfinished UTF-8
+    sequence, whitespace a tokenizer may clean up, the start of a stop string) are held back."""
+    tokens = tokens[:params.max_tokens]
+    for j, t in enumerate(tokens):
+        if t in eos_ids:
+            tokens = tokens[:j]
+            break
+    text = decode(tokens)
+    cuts = [text.find(s) for s in params.stop if s in text]
+    if cuts:
+        return text[:min(cuts)]
+    text = text.rstrip("\ufffd").rstrip()
+    hold = max((len(s) - 1 for s in params.stop), default=0)
+    return text[:max(0, len(text) - hold)]
 
-    def chunk(index: int, delta: Optional[str], finish_reason: Optional[str], role: bool = False) -> dict:
-        if req.kind == "chat":
+
+class StreamChunks:
+    """The server-sent event payloads of one streamed response (one id and creation time)."""
+
+    def __init__(self, req: Request, model: str):
+        self.req, self.head = req, _head(req, model)
+        self.obj = "chat.completion.chunk" if req.kind == "chat" else "text_completion"
+
+    def _chunk(self, index: int, delta: Optional[str], finish_reason: Optional[str], role: bool = False) -> dict:
+        if self.req.kind == "chat":
             d = {"role": "assistant", "content": ""} if role else ({"content": delta} if delta is not None else {})
             choice = {"index": index, "delta": d, "logprobs": None, "finish_reason": finish_reason}
         else:
             choice = {"index": index, "text": delta or "", "logprobs": None, "finish_reason": finish_reason}
-        return {**head, "object": obj, "choices": [choice]}
+        return {**self.head, "object": self.obj, "choices": [choice]}
 
-    for c in choices:
-        if req.kind == "chat":
-            yield chunk(c.index, None, None, role=True)
-        for piece in [c.text[i:i + piece_chars] for i in range(0, len(c.text), piece_chars)]:
-            yield chunk(c.index, piece, None)
-        yield chunk(c.index, None, c.finish_reason)
-    if req.include_usage:
-        yield {**head, "object": obj, "choices": [], "usage": usage(req.jobs, choices)}
+    def role(self, index: int) -> dict:
+        """A chat choice's opening chunk (chat streams only)."""
+        return self._chunk(index, None, None, role=True)
+
+    def delta(self, index: int, text: str) -> dict:
+        return self._chunk(index, text, None)
+
+    def finish(self, index: int, reason: str) -> dict:
+        return self._chunk(index, None, reason)
+
+    def usage(self, choices: list[Choice]) -> dict:
+        return {**self.head, "object": self.obj, "choices": [], "usage": usage(self.req.jobs, choices)}
 
 
 def _head(req: Request, model: str) -> dict:
