@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import glob
 import json
 import os
@@ -270,6 +271,19 @@ def _torch_stand_in(q, k, v, *args, **kwargs):
     return q * v
 
 
+@contextlib.contextmanager
+def _replaced(owner, name: str, value):
+    """`owner.name` (a module attribute or dict key) set to `value` for the block."""
+    get, put = (owner.get, owner.__setitem__) if isinstance(owner, dict) else \
+        (lambda n: getattr(owner, n), lambda n, v: setattr(owner, n, v))
+    saved = get(name)
+    put(name, value)
+    try:
+        yield
+    finally:
+        put(name, saved)
+
+
 def ablate_attention(cfg, args) -> dict:
     """Median step times (ms) of both stacks with and without the attention core."""
     import statistics
@@ -279,31 +293,18 @@ def ablate_attention(cfg, args) -> dict:
     from msm_jax.models import attention
 
     ns = argparse.Namespace(mesh="data=1,fsdp=-1,tensor=1", batch=args.batch, seq=args.seq, grad_accum=1, lora_rank=0)
-    sdpa = F.scaled_dot_product_attention
-
-    def without(step, torch_side: bool):
-        def one():
-            if torch_side:
-                F.scaled_dot_product_attention = _torch_stand_in
-            try:
-                return step()
-            finally:
-                F.scaled_dot_product_attention = sdpa
-        return one
-
     runs = {"jax": bench_train.jax_stepper(cfg, ns)[1]}
-    xla = attention._IMPLS["xla"]
-    attention._IMPLS["xla"] = lambda q, k, v, *rest: _stand_in(q, k, v)
-    try:
+    with _replaced(attention._IMPLS, "xla", lambda q, k, v, *rest: _stand_in(q, k, v)):
         runs["jax without attention"] = bench_train.jax_stepper(cfg, ns)[1]  # traced (and compiled) here
-    finally:
-        attention._IMPLS["xla"] = xla
     runs["torch"] = bench_train.torch_stepper(cfg, ns)
-    F.scaled_dot_product_attention = _torch_stand_in
-    try:
-        runs["torch without attention"] = without(bench_train.torch_stepper(cfg, ns), True)
-    finally:
-        F.scaled_dot_product_attention = sdpa
+    with _replaced(F, "scaled_dot_product_attention", _torch_stand_in):
+        torch_without = bench_train.torch_stepper(cfg, ns)
+
+    def torch_without_step() -> float:  # eager: the stand-in must be in place at every step
+        with _replaced(F, "scaled_dot_product_attention", _torch_stand_in):
+            return torch_without()
+
+    runs["torch without attention"] = torch_without_step
     times = {name: [] for name in runs}
     for _ in range(args.steps):
         for name, one in runs.items():
