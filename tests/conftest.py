@@ -4,6 +4,12 @@ import sys
 # Tests import shared fixtures (hf_fixtures, fake_anthropic) by module name.
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests compile hundreds of tiny programs and run each a few times: with XLA's cheapest backend
+# optimisation they compile faster (test_model.py + test_sampling.py together: 170 s -> 131 s). Results
+# may differ in the last float bits from an optimised build; tests compare within one setting or with
+# tolerances. Set before JAX is imported; an XLA_FLAGS of the caller's own wins. Worker
+# subprocesses get the same flags from train_fixtures.worker_env.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -142,8 +142,8 @@ def test_xla_attention_gradients_equal_autodiff_of_the_plain_softmax(t):
     def loss(fn):
         return lambda q, k, v: jnp.sum(fn(q, k, v, seg) * weights)
 
-    ours = jax.grad(loss(lambda q, k, v, s: attn.xla_attention(q, k, v, s, s)), argnums=(0, 1, 2))(q, k, v)
-    ref = jax.grad(loss(_autodiff_attention), argnums=(0, 1, 2))(q, k, v)
+    ours = jax.jit(jax.grad(loss(lambda q, k, v, s: attn.xla_attention(q, k, v, s, s)), argnums=(0, 1, 2)))(q, k, v)
+    ref = jax.jit(jax.grad(loss(_autodiff_attention), argnums=(0, 1, 2)))(q, k, v)
     for name, a, b in zip("qkv", ours, ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, err_msg=f"d{name}")
 
@@ -162,7 +162,7 @@ def test_remat_policies_and_unrolled_layers_give_the_same_gradients():
     def grads(**changes):
         graphdef, state = nnx.split(build_model(dataclasses.replace(cfg, **changes)))
         fn = lambda st: model_loss_sums(nnx.merge(graphdef, st), batch).ce  # noqa: E731
-        return jax.tree.leaves(jax.grad(fn)(state))
+        return jax.tree.leaves(jax.jit(jax.grad(fn))(state))  # compiled: eager scans under grad are slow
 
     ref = grads(remat_policy="none")
     for changes in ({}, {"remat_policy": "full"}, {"scan_layers": False}):
