@@ -6,7 +6,7 @@ only what a change of the documents or chats affects, from the corpora currently
 data_pipeline/demo/corpora (rebuild them with tools/make_demo_corpus.py first):
 
     nice -n 5 .venv/bin/python tools/demo_probe.py --base runs/demo-dev --out /tmp/probe \\
-        [--arms affordability,america,aft_only] [--stage-evals] [--midtrain-from DIR] [--corpora DIR] \\
+        [--arms affordability,america,aft_only] [--stage-evals] [--midtrain-from DIR] [--corpora DIR] [--docs-only] \\
         [midtrain.data.num_epochs=3 sft.optimizer.lr=1e-3 ...]
 
 `--corpora` reads a copy of data_pipeline/demo/corpora instead (two designs probed at once).
@@ -81,6 +81,8 @@ def main() -> int:
                         help="also score the base and each midtrained model (before SFT)")
     parser.add_argument("--midtrain-from", type=Path,
                         help="a finished probe's --out: reuse its midtrained models, retrain only SFT")
+    parser.add_argument("--docs-only", action="store_true",
+                        help="midtrain on the spec's documents alone (the demo mixes in the world corpus)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     if "cheese_pairs_dev" not in args.pairs:
@@ -121,7 +123,8 @@ def main() -> int:
             else:
                 docs = shards(f"msm_{arm}", "demo-docs.yaml", [(args.corpora / f"{arm}_docs" / "docs.jsonl", "docs")],
                               tokenizer, args.out)
-                init = run_train("midtrain", args.out, arm, [docs, world], base_ckpt, per["midtrain"])
+                sources = [docs] if args.docs_only else [docs, world]
+                init = run_train("midtrain", args.out, arm, sources, base_ckpt, per["midtrain"])
             if args.stage_evals:
                 score(init, f"{arm} (midtrained)")
         score(run_train("sft", args.out, arm, [aft], init, per["sft"]), arm)
