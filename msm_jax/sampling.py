@@ -229,7 +229,7 @@ class Sampler:
                             on_tokens(i, list(out_tokens[i]))
                 if stopped.all():
                     break
-        return [_finish(t, params, set(eos_ids), detokenize) for t in out_tokens[:real]]
+        return [finish_generation(t, params, set(eos_ids), detokenize) for t in out_tokens[:real]]
 
     def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
               batch_size: int = 8) -> list[np.ndarray]:
@@ -275,8 +275,10 @@ def _find_stop(text: str, stops: Sequence[str]) -> Optional[int]:
     return min(hits) if hits else None
 
 
-def _finish(tokens: list[int], params: SamplingParams, eos: set[int],
-            detokenize: Callable[[list[int]], str] | None) -> Generation:
+def finish_generation(tokens: list[int], params: SamplingParams, eos: set[int],
+                      detokenize: Callable[[list[int]], str] | None) -> Generation:
+    """A row's decoded tokens cut at max_tokens, the first end-of-sequence id and (text) the
+    first stop string, with the reason it ended ("length" also for a row still decoding)."""
     tokens, reason = tokens[:params.max_tokens], "length"
     for j, t in enumerate(tokens):
         if t in eos:

@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any, Callable, Optional
 
-from msm_jax.sampling import Generation, SamplingParams
+from msm_jax.sampling import Generation, SamplingParams, finish_generation
 
 MAX_STOPS = 4
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -219,19 +219,13 @@ def response(req: Request, model: str, choices: list[Choice]) -> dict:
 def partial_text(tokens: list[int], params: SamplingParams, eos_ids: set[int],
                  decode: Callable[[list[int]], str]) -> str:
     """What can be streamed of a row that is still decoding: the part its final text (see
-    `finish`) will start with. Cut at max_tokens, an end-of-sequence id or a complete stop
-    string; trailing characters that later tokens may still change (an unfinished UTF-8
-    sequence, whitespace a tokenizer may clean up, the start of a stop string) are held back."""
-    tokens = tokens[:params.max_tokens]
-    for j, t in enumerate(tokens):
-        if t in eos_ids:
-            tokens = tokens[:j]
-            break
-    text = decode(tokens)
-    cuts = [text.find(s) for s in params.stop if s in text]
-    if cuts:
-        return text[:min(cuts)]
-    text = text.rstrip("\ufffd").rstrip()
+    `finish`) will start with. A row that reached an end-of-sequence id or a stop string is
+    final; otherwise trailing characters that later tokens may still change (an unfinished
+    UTF-8 sequence, whitespace a tokenizer may clean up, the start of a stop string) are held back."""
+    gen = finish_generation(tokens, params, eos_ids, decode)
+    if gen.finish_reason != "length":
+        return gen.text
+    text = gen.text.rstrip("\ufffd").rstrip()
     hold = max((len(s) - 1 for s in params.stop), default=0)
     return text[:max(0, len(text) - hold)]
 
