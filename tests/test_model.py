@@ -133,9 +133,10 @@ def _autodiff_attention(q, k, v, seg):
     return jnp.einsum("bhts,bshd->bthd", probs, v)
 
 
-@pytest.mark.parametrize("t", [32, 30])  # 32: causal query blocks; 30: one block
+@pytest.mark.parametrize("t", [32, 30, 31, 640])  # causal query blocks: 4, 3, one, 10 (of 64 queries)
 def test_xla_attention_gradients_equal_autodiff_of_the_plain_softmax(t):
-    q, k, v, seg = _qkv(seed=1)
+    assert attn.causal_blocks(t) == {32: 4, 30: 3, 31: 1, 640: 10}[t]
+    q, k, v, seg = _qkv(seed=1, t=max(t, 32))
     q, k, v, seg = q[:, :t], k[:, :t], v[:, :t], seg[:, :t]
     weights = jnp.asarray(np.random.default_rng(2).normal(size=q.shape), jnp.float32) * (seg != 0)[..., None, None]
 

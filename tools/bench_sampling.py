@@ -98,6 +98,8 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=64, help="the sampler's decode chunk")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-transformers", action="store_true", help="skip the transformers baseline")
+    parser.add_argument("--no-recompute", action="store_true",
+                        help="skip the recompute baseline (slow for long prompts)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()
 
@@ -112,7 +114,9 @@ def main() -> None:
     def cached(p):
         return np.asarray([g.tokens for g in sampler.generate(p.tolist(), params, batch_size=args.batch)])
 
-    runners = {"recompute": recompute_greedy(model, args.batch, args.prompt_len, args.new_tokens), "kv_cache": cached}
+    runners = {} if args.no_recompute else {
+        "recompute": recompute_greedy(model, args.batch, args.prompt_len, args.new_tokens)}
+    runners["kv_cache"] = cached
     threads = None
     with tempfile.TemporaryDirectory() as tmp:
         if not args.no_transformers:

@@ -37,13 +37,17 @@ def attention_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, q_offset
     return same & (kv_segment_ids[:, None, :] != 0) & causal[None]
 
 
-def _grouped(q, k, v):
-    """q [B,T,H,D] -> pre-scaled [B, KV, group*T, D]; k, v [B,S,KV,D] -> [B, KV, S, D]."""
+def _grouped_queries(q, kv_heads: int):
+    """q [B,T,H,D] -> pre-scaled [B, KV, group*T, D]."""
     b, t, h, d = q.shape
-    kv_heads = k.shape[2]
     q = q * jnp.asarray(1.0 / jnp.sqrt(jnp.float32(d)), q.dtype)
-    q = q.reshape(b, t, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, -1, d)
-    return q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    return q.reshape(b, t, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, -1, d)
+
+
+def _ungrouped(out, t: int):
+    """[B, KV, group*T, D] -> [B, T, H, D]."""
+    b, kv_heads, rows, d = out.shape
+    return out.reshape(b, kv_heads, rows // t, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, -1, d)
 
 
 def _masked_scores(q, k, q_segment_ids, kv_segment_ids, q_offset):
@@ -98,7 +102,15 @@ def _attention_backward(residuals, d_out):
 _attention_core.defvjp(_attention_forward, _attention_backward)
 
 
-CAUSAL_BLOCKS = 4
+def causal_blocks(t: int) -> int:
+    """Query blocks for a whole sequence of length t: 4, or blocks of 64 queries once that
+    is more, up to 16 (dividing t). Measured on CPU: at T=256 training, 2/4/8 blocks ran
+    972/927/944 ms a step; at T=512, 4 and 8 the same; an 8 x 1024 prefill 2.30 / 1.94 /
+    1.70 / 1.77 s with 4 / 8 / 16 / 32 blocks."""
+    blocks = min(16, max(4, t // 64))
+    while t % blocks:
+        blocks -= 1
+    return blocks
 
 
 def xla_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0):
@@ -108,11 +120,11 @@ def xla_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0):
     both dots (and their gradients) are plain batched matmuls over (B, KV) and the large
     [.., T, S] score tensors are never transposed; only the small q/k/v/output are.
     Over a whole sequence (no cache) the queries run in blocks, each against the keys up
-    to its last slot only: causal masking then skips about a third of the work.
+    to its last slot only: causal masking then skips a third (4 blocks) to half of the work.
     """
     t, s = q.shape[1], k.shape[1]
     whole = isinstance(q_offset, int) and q_offset == 0 and t == s
-    blocks = CAUSAL_BLOCKS if whole and t % CAUSAL_BLOCKS == 0 else 1
+    blocks = causal_blocks(t) if whole else 1
     width = t // blocks
     outs = []
     for i in range(blocks):
@@ -124,11 +136,21 @@ def xla_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0):
 
 
 def _grouped_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset):
-    b, t, h, d = q.shape
-    kv_heads = k.shape[2]
-    q, k, v = _grouped(q, k, v)
+    q = _grouped_queries(q, k.shape[2])
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     out = _attention_core(q, k, v, q_segment_ids, kv_segment_ids, jnp.asarray(q_offset, jnp.int32))
-    return out.reshape(b, kv_heads, h // kv_heads, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+    return _ungrouped(out, q_segment_ids.shape[1])
+
+
+def cached_attention(q, k_cache, v_cache, q_segment_ids, kv_segment_ids, q_offset):
+    """q [B,T,H,D] against a KV cache held heads-major, k/v [B, KV, S, D] -> [B,T,H,D].
+
+    The cache keeps the layout the attention matmuls read, so a decode step does not
+    transpose (copy) every layer's whole cache to attend with one new token.
+    """
+    q = _grouped_queries(q, k_cache.shape[1])
+    out = _attention_core(q, k_cache, v_cache, q_segment_ids, kv_segment_ids, jnp.asarray(q_offset, jnp.int32))
+    return constrain(_ungrouped(out, q_segment_ids.shape[1]), ("batch", "length", "act_heads", None))
 
 
 def cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0):

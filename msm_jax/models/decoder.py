@@ -9,13 +9,14 @@ unrolls. Every parameter carries its logical axis names in the `axes` metadata.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from itertools import accumulate
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from msm_jax.models.attention import attention
+from msm_jax.models.attention import attention, cached_attention
 from msm_jax.models.config import ModelConfig
 from msm_jax.models.rope import apply_rope, inverse_frequencies
 from msm_jax.sharding import constrain
@@ -31,7 +32,9 @@ REMAT_POLICIES = {  # "none": no jax.checkpoint at all
         jax.checkpoint_policies.save_only_these_names("attention_out", "attention_lse")),
 }
 
-KVCache = dict  # {"k": [L,B,S,KV,D], "v": [L,B,S,KV,D], "segment_ids": [B,S], "index": int32[]}
+# {"k": [L,B,KV,S,D], "v": [L,B,KV,S,D], "segment_ids": [B,S], "index": int32[]}; a fresh cache's
+# index is the Python int 0, so the prefill knows at trace time that no earlier keys exist.
+KVCache = dict
 
 
 def _normal(rngs: nnx.Rngs, shape, std: float, dtype) -> jax.Array:
@@ -90,9 +93,14 @@ class Attention(nnx.Module):
         b, t, _ = x.shape
         hd = cfg.resolved_head_dim
         x = x.reshape(b * t, -1)  # one [tokens, d] view for q/k/v: the backward pass saves it once, not thrice
-        q = self.q_proj(x).reshape(b, t, cfg.num_heads, hd)
-        k = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, hd)
-        v = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, hd)
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        if kv_cache is None:
+            q, k, v = (p(x) for p in projections)
+        else:
+            q, k, v = shared_input_projections(x, projections)
+        q = q.reshape(b, t, cfg.num_heads, hd)
+        k = k.reshape(b, t, cfg.num_kv_heads, hd)
+        v = v.reshape(b, t, cfg.num_kv_heads, hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         inv_freq = inverse_frequencies(hd, cfg.rope_theta, cfg.rope_scaling)  # a trace-time constant
@@ -104,12 +112,39 @@ class Attention(nnx.Module):
             out = attention(q, k, v, segment_ids, segment_ids, impl=cfg.attention_impl)
             new_cache = None
         else:
-            k_all = jax.lax.dynamic_update_slice_in_dim(kv_cache[0], k.astype(kv_cache[0].dtype), cache_index, axis=1)
-            v_all = jax.lax.dynamic_update_slice_in_dim(kv_cache[1], v.astype(kv_cache[1].dtype), cache_index, axis=1)
-            out = attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), segment_ids, cache_segment_ids,
-                            impl="xla", q_offset=cache_index)
+            # The cache is heads-major [B, KV, S, D]: only the new tokens' k/v are transposed.
+            k_all, v_all = (jax.lax.dynamic_update_slice_in_dim(c, x.transpose(0, 2, 1, 3).astype(c.dtype),
+                                                                cache_index, axis=2)
+                            for c, x in zip(kv_cache, (k, v)))
+            if isinstance(cache_index, int) and cache_index == 0:
+                # Prefill into an empty cache: the prompt attends to its own keys only (T x T,
+                # in causal blocks), not to all S slots of the cache.
+                out = attention(q, k, v, segment_ids, segment_ids, impl="xla")
+            else:
+                out = cached_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), segment_ids,
+                                       cache_segment_ids, cache_index)
             new_cache = (k_all, v_all)
         return self.o_proj(out.reshape(b, t, cfg.num_heads * hd)), new_cache
+
+
+def shared_input_projections(x: jax.Array, linears: Sequence[Linear]) -> list:
+    """Several Linears applied to one input, for the KV-cache path (prefill and decode).
+
+    On CPU a decode step is bound by how many small ops it runs, not by FLOPs: without
+    LoRA the kernels are concatenated (once per decode chunk; the loop does not change
+    them) and run as one matmul, split after (decode 1.09x, identical tokens and prefill
+    logits in tools/bench_sampling.py's model). Elsewhere each runs alone: concatenating
+    tensor-parallel kernels would reshard them.
+    """
+    if jax.default_backend() != "cpu" or any(lin.lora is not None for lin in linears):
+        return [lin(x) for lin in linears]
+    lead = x.shape[:-1]
+    kernel = jnp.concatenate([lin.kernel[...] for lin in linears], axis=1).astype(x.dtype)
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel).reshape(*lead, -1)
+    if linears[0].bias is not None:
+        y = y + jnp.concatenate([lin.bias[...] for lin in linears]).astype(x.dtype)
+    ends = list(accumulate(lin.kernel.shape[1] for lin in linears))[:-1]
+    return jnp.split(y, ends, axis=-1)
 
 
 class MLP(nnx.Module):
@@ -121,12 +156,16 @@ class MLP(nnx.Module):
         self.up_proj = Linear(d, f, ("embed", "mlp"), bias=False, cfg=cfg, rngs=rngs)
         self.down_proj = Linear(f, d, ("mlp", "embed"), bias=False, cfg=cfg, rngs=rngs)
 
-    def __call__(self, x):
+    def __call__(self, x, cached: bool = False):
         # On one [tokens, d] view, so each activation is saved once for the backward pass
         # (a 3-D value and its 2-D reshape for a dot would be saved as two).
         lead = x.shape[:-1]
         x = x.reshape(-1, x.shape[-1])
-        h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+        if cached:  # the KV-cache path
+            gate, up = shared_input_projections(x, (self.gate_proj, self.up_proj))
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        h = jax.nn.silu(gate) * up
         h = constrain(h, ("batch", "act_mlp"))
         return self.down_proj(h).reshape(*lead, -1)
 
@@ -142,7 +181,7 @@ class Block(nnx.Module):
         attn_out, new_cache = self.self_attn(self.input_layernorm(x), positions, segment_ids,
                                              kv_cache, cache_segment_ids, cache_index)
         h = x + attn_out
-        out = h + self.mlp(self.post_attention_layernorm(h))
+        out = h + self.mlp(self.post_attention_layernorm(h), cached=kv_cache is not None)
         return constrain(out, ("batch", "length", "act_embed")), new_cache
 
 
@@ -234,7 +273,7 @@ class Decoder(nnx.Module):
         if cache is None:
             return x, None
         new_cache = {"k": new_kv[0], "v": new_kv[1], "segment_ids": cache_segments,
-                     "index": cache_index + tokens.shape[1]}
+                     "index": jnp.asarray(cache_index + tokens.shape[1], jnp.int32)}
         return x, new_cache
 
     def output_kernel(self) -> jax.Array:
@@ -272,6 +311,6 @@ def mask_padded_vocab(logits: jax.Array, vocab_size: int, offset: int = 0) -> ja
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
     """An empty KV cache (all slots segment 0 = invisible)."""
     dtype = dtype or DTYPES[cfg.compute_dtype]
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.resolved_head_dim)  # heads-major
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-            "segment_ids": jnp.zeros((batch, max_len), jnp.int32), "index": jnp.zeros((), jnp.int32)}
+            "segment_ids": jnp.zeros((batch, max_len), jnp.int32), "index": 0}
