@@ -130,14 +130,15 @@ def xla_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0):
     for i in range(blocks):
         lo, hi = i * width, (i + 1) * width
         end = s if blocks == 1 else hi
-        outs.append(_grouped_attention(q[:, lo:hi], k[:, :end], v[:, :end], q_segment_ids[:, lo:hi],
+        k_block, v_block = (x[:, :end].transpose(0, 2, 1, 3) for x in (k, v))  # heads-major
+        outs.append(_grouped_attention(q[:, lo:hi], k_block, v_block, q_segment_ids[:, lo:hi],
                                        kv_segment_ids[:, :end], q_offset + lo))
     return outs[0] if blocks == 1 else jnp.concatenate(outs, axis=1)
 
 
 def _grouped_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset):
-    q = _grouped_queries(q, k.shape[2])
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    """q [B,T,H,D], k/v heads-major [B, KV, S, D] -> [B,T,H,D]."""
+    q = _grouped_queries(q, k.shape[1])
     out = _attention_core(q, k, v, q_segment_ids, kv_segment_ids, jnp.asarray(q_offset, jnp.int32))
     return _ungrouped(out, q_segment_ids.shape[1])
 
@@ -148,9 +149,8 @@ def cached_attention(q, k_cache, v_cache, q_segment_ids, kv_segment_ids, q_offse
     The cache keeps the layout the attention matmuls read, so a decode step does not
     transpose (copy) every layer's whole cache to attend with one new token.
     """
-    q = _grouped_queries(q, k_cache.shape[1])
-    out = _attention_core(q, k_cache, v_cache, q_segment_ids, kv_segment_ids, jnp.asarray(q_offset, jnp.int32))
-    return constrain(_ungrouped(out, q_segment_ids.shape[1]), ("batch", "length", "act_heads", None))
+    out = _grouped_attention(q, k_cache, v_cache, q_segment_ids, kv_segment_ids, q_offset)
+    return constrain(out, ("batch", "length", "act_heads", None))
 
 
 def cudnn_attention(q, k, v, q_segment_ids, kv_segment_ids, q_offset=0):
