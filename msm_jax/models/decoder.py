@@ -93,11 +93,7 @@ class Attention(nnx.Module):
         b, t, _ = x.shape
         hd = cfg.resolved_head_dim
         x = x.reshape(b * t, -1)  # one [tokens, d] view for q/k/v: the backward pass saves it once, not thrice
-        projections = (self.q_proj, self.k_proj, self.v_proj)
-        if kv_cache is None:
-            q, k, v = (p(x) for p in projections)
-        else:
-            q, k, v = shared_input_projections(x, projections)
+        q, k, v = shared_input_projections(x, (self.q_proj, self.k_proj, self.v_proj), fuse=kv_cache is not None)
         q = q.reshape(b, t, cfg.num_heads, hd)
         k = k.reshape(b, t, cfg.num_kv_heads, hd)
         v = v.reshape(b, t, cfg.num_kv_heads, hd)
@@ -127,8 +123,8 @@ class Attention(nnx.Module):
         return self.o_proj(out.reshape(b, t, cfg.num_heads * hd)), new_cache
 
 
-def shared_input_projections(x: jax.Array, linears: Sequence[Linear]) -> list:
-    """Several Linears applied to one input, for the KV-cache path (prefill and decode).
+def shared_input_projections(x: jax.Array, linears: Sequence[Linear], fuse: bool) -> list:
+    """Several Linears applied to one input; `fuse` on the KV-cache path (prefill and decode).
 
     On CPU a decode step is bound by how many small ops it runs, not by FLOPs: without
     LoRA the kernels are concatenated (once per decode chunk; the loop does not change
@@ -136,7 +132,7 @@ def shared_input_projections(x: jax.Array, linears: Sequence[Linear]) -> list:
     logits in tools/bench_sampling.py's model). Elsewhere each runs alone: concatenating
     tensor-parallel kernels would reshard them.
     """
-    if jax.default_backend() != "cpu" or any(lin.lora is not None for lin in linears):
+    if not fuse or jax.default_backend() != "cpu" or any(lin.lora is not None for lin in linears):
         return [lin(x) for lin in linears]
     lead = x.shape[:-1]
     kernel = jnp.concatenate([lin.kernel[...] for lin in linears], axis=1).astype(x.dtype)
@@ -161,10 +157,7 @@ class MLP(nnx.Module):
         # (a 3-D value and its 2-D reshape for a dot would be saved as two).
         lead = x.shape[:-1]
         x = x.reshape(-1, x.shape[-1])
-        if cached:  # the KV-cache path
-            gate, up = shared_input_projections(x, (self.gate_proj, self.up_proj))
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
+        gate, up = shared_input_projections(x, (self.gate_proj, self.up_proj), fuse=cached)
         h = jax.nn.silu(gate) * up
         h = constrain(h, ("batch", "act_mlp"))
         return self.down_proj(h).reshape(*lead, -1)
