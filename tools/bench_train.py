@@ -37,7 +37,7 @@ def parse_args():
     p.add_argument("--mesh", default="data=1,fsdp=-1,tensor=1")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per variant (each after an untimed one)")
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="param and compute dtype")
     p.add_argument("--remat", default="projections", help="remat policy (the model config's default: projections)")
@@ -150,6 +150,21 @@ def torch_stepper(cfg, args):
     return one
 
 
+def interleaved_times(steps: list, rounds: int) -> list[list[float]]:
+    """Seconds per timed step of each step function, in interleaved rounds so that every variant
+    sees the same background load. Each timed step follows an untimed step of the same function,
+    the steady state of a training loop. Timed right after another model's step, torch's step ran
+    10% slower (784 vs 708 ms at 5.28M, median of 8 rounds; a 1 s sleep in between did not help)
+    and ours up to 5% after another of our models; the old order (each variant once per round)
+    timed torch right after one of ours."""
+    times = [[] for _ in steps]
+    for _ in range(rounds):
+        for step, out in zip(steps, times):
+            step()
+            out.append(step())
+    return times
+
+
 def compile_seconds(cfg, args, layers: int) -> float:
     """Lower + compile the train step for a `layers`-deep model from abstract shapes."""
     import jax
@@ -181,6 +196,9 @@ def cases(args) -> list[tuple[str, object]]:
 
 
 def main() -> None:
+    from msm_jax.host_memory import keep_freed_memory
+
+    keep_freed_memory()  # as `msm` does, before JAX starts; torch in this process shares the setting
     import jax
 
     from msm_jax.train.flops import device_peak_tflops, flops_per_token, mfu
@@ -198,10 +216,9 @@ def main() -> None:
         arch = dataclasses.replace(cfg, scan_layers=True)
         if use_torch and arch not in torch_runs:
             torch_runs[arch] = {"step": torch_stepper(cfg, args), "times": []}
-    # Interleaved rounds, so every variant sees the same background load on a shared machine.
-    for _ in range(args.steps):
-        for run in runs + list(torch_runs.values()):
-            run["times"].append(run["step"]())
+    every = runs + list(torch_runs.values())
+    for run, times in zip(every, interleaved_times([run["step"] for run in every], args.steps)):
+        run["times"] = times
     tokens = args.batch * args.seq
     results = {"device": device.device_kind, "devices": jax.device_count(), "batch": args.batch, "seq": args.seq,
                "dtype": args.dtype, "mesh": args.mesh, "steps": args.steps, "runs": []}
@@ -238,7 +255,7 @@ def main() -> None:
         print(json.dumps(results, default=str))
         return
     print(f"{jax.device_count()} x {device.device_kind}, {args.dtype}, batch {args.batch} x {args.seq}, mesh {args.mesh}, "
-          f"median of {args.steps} interleaved steps" + (f", torch {results['torch_threads']} threads" if use_torch else ""))
+          f"median of {args.steps} interleaved steps (each after an untimed one of its own)" + (f", torch {results['torch_threads']} threads" if use_torch else ""))
     print("\n".join(lines))
     if "compile_s_by_layers" in results:
         print("compile time (scan over layers): " + ", ".join(

@@ -305,14 +305,14 @@ def ablate_attention(cfg, args) -> dict:
             return torch_without()
 
     runs["torch without attention"] = torch_without_step
-    times = {name: [] for name in runs}
-    for _ in range(args.steps):
-        for name, one in runs.items():
-            times[name].append(one())
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    times = bench_train.interleaved_times(list(runs.values()), args.steps)
+    return {name: 1e3 * statistics.median(t) for name, t in zip(runs, times)}
 
 
 def main() -> None:
+    from msm_jax.host_memory import keep_freed_memory
+
+    keep_freed_memory()  # as `msm` does, before JAX starts; torch in this process shares the setting
     args = parse_args()
     ns = argparse.Namespace(model=None, set=bench_train.REFERENCE[args.config] + args.set, dtype="float32",
                             remat=args.remat)
