@@ -67,9 +67,6 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
 
 
 def main(argv: list[str] | None = None) -> int:
-    from msm_jax.host_memory import keep_freed_memory
-
-    keep_freed_memory()  # before JAX starts its threads; on the CPU only
     from msm_jax.storage import use_emulator_from_env
 
     use_emulator_from_env()  # STORAGE_EMULATOR_HOST alone selects a local Cloud Storage, for every library

@@ -196,9 +196,6 @@ def cases(args) -> list[tuple[str, object]]:
 
 
 def main() -> None:
-    from msm_jax.host_memory import keep_freed_memory
-
-    keep_freed_memory()  # as `msm` does, before JAX starts; torch in this process shares the setting
     import jax
 
     from msm_jax.train.flops import device_peak_tflops, flops_per_token, mfu

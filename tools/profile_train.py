@@ -310,9 +310,6 @@ def ablate_attention(cfg, args) -> dict:
 
 
 def main() -> None:
-    from msm_jax.host_memory import keep_freed_memory
-
-    keep_freed_memory()  # as `msm` does, before JAX starts; torch in this process shares the setting
     args = parse_args()
     ns = argparse.Namespace(model=None, set=bench_train.REFERENCE[args.config] + args.set, dtype="float32",
                             remat=args.remat)
