@@ -12,7 +12,8 @@ three decoders produce the same `new-tokens` greedy tokens for the same batch of
 - `transformers`: `generate(do_sample=False)` on the exported folder (torch, its own KV cache).
 
 Every decoder runs once to warm up, then `rounds` interleaved rounds (so all see the same
-background load); the median time of each is reported, with the token agreement.
+background load), each timed call right after an untimed call of the same decoder; the median
+time of each is reported, with the token agreement.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from msm_jax.config import CONFIGS_DIR, load_config  # noqa: E402
 from msm_jax.models.config import ModelConfig  # noqa: E402
 from msm_jax.models.decoder import Decoder  # noqa: E402
 from msm_jax.sampling import Sampler, SamplingParams  # noqa: E402
+
+from bench_train import interleaved_times  # noqa: E402  (tools/, this script's own folder)
 
 DEFAULT_SET = ["vocab_size=2048", "hidden_size=256", "intermediate_size=704", "num_layers=6",
                "num_heads=8", "num_kv_heads=2"]
@@ -122,12 +125,16 @@ def main() -> None:
         if not args.no_transformers:
             runners["transformers"], threads = transformers_greedy(export(model, Path(tmp)), args.new_tokens)
         outputs = {name: fn(prompts) for name, fn in runners.items()}  # warm-up (compiles)
-        times = {name: [] for name in runners}
-        for _ in range(args.rounds):
-            for name, fn in runners.items():
+
+        def seconds(fn):
+            def one() -> float:
                 t0 = time.perf_counter()
                 fn(prompts)
-                times[name].append(time.perf_counter() - t0)
+                return time.perf_counter() - t0
+            return one
+
+        # Each timed call follows an untimed call of the same decoder (see bench_train.interleaved_times).
+        times = dict(zip(runners, interleaved_times([seconds(fn) for fn in runners.values()], args.rounds)))
     new = args.batch * args.new_tokens
     result = {"config": {"params_m": round(cfg.num_params() / 1e6, 2), "hidden": cfg.hidden_size,
                          "layers": cfg.num_layers, "vocab": cfg.vocab_size},
