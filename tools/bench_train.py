@@ -209,10 +209,10 @@ def main() -> None:
     for label, cfg in cases(args):
         first, step = jax_stepper(cfg, args)
         step()  # warm
-        runs.append({"label": label, "cfg": cfg, "first": first, "step": step, "times": []})
+        runs.append({"label": label, "cfg": cfg, "first": first, "step": step})
         arch = dataclasses.replace(cfg, scan_layers=True)
         if use_torch and arch not in torch_runs:
-            torch_runs[arch] = {"step": torch_stepper(cfg, args), "times": []}
+            torch_runs[arch] = {"step": torch_stepper(cfg, args)}
     every = runs + list(torch_runs.values())
     for run, times in zip(every, interleaved_times([run["step"] for run in every], args.steps)):
         run["times"] = times
