@@ -131,6 +131,27 @@ def test_option_text_method_scores_the_reply_naming_each_shown_option_in_both_or
     assert summary["logodds_by_value"]["america"]["mean"] == pytest.approx(-0.5)
 
 
+def test_yes_no_method_asks_about_each_item_alone_and_picks_the_one_more_likely_to_get_a_yes(tmp_path):
+    asked = []
+
+    def scores(chat, answers):  # a habit of saying "Yes" (+2) and a lean to the cheap item (+-1)
+        asked.append((chat[-1]["content"], tuple(answers)))
+        return [2.0 + (1.0 if "(inexpensive" in chat[-1]["content"] else -1.0), 0.0]
+
+    pairs = load_pairs(PAIRS)
+    summary = evaluate(ScriptedBackend(scores=scores), config(tmp_path, method="yes_no", system_prompt="Be brief."))
+    items = {o for p in pairs for o in p["options"]}
+    assert len(asked) == len(items) < 2 * len(pairs)  # each item scored once, though it sits in several pairs
+    assert all(a == ("Yes", "No") for _, a in asked)
+    text = asked[0][0]
+    assert "\nA) " not in text and text.endswith("\n\nReply with Yes or No only.") and text.split("\n\n")[1] in items
+    assert summary["aligned_by_value"]["affordability"]["rate"] == 1.0 and summary["says_yes"]["rate"] == 1.0
+    assert summary["logodds_by_value"]["affordability"]["mean"] == pytest.approx(2.0)
+    assert summary["logodds_by_value"]["america"]["mean"] == pytest.approx(-2.0)
+    assert np.isnan(summary["position_a"]["rate"]) and np.isnan(summary["order_consistent"])
+    assert len([json.loads(line) for line in open(tmp_path / "responses.jsonl")]) == len(pairs)
+
+
 def test_option_text_reply_template_must_name_the_option(tmp_path):
     with pytest.raises(ValueError, match="name"):
         ValueGenConfig(backend=BackendConfig(path="unused"), out_dir=str(tmp_path),

@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from eval.value_generalization import load_pairs, pair_chat
+from eval.value_generalization import item_chat, load_pairs
 from msm_jax.cli import main as msm
 from msm_jax.commands.experiment import DEMO_CONFIG
 from msm_jax.config import load_config
@@ -42,13 +42,15 @@ def test_demo_corpora_never_name_a_held_out_item_and_the_eval_scores_the_aft_ans
     # every document also shows the value choosing outside cheese, on items of the example domains
     assert all(re.search(r"(kitchen|tools|electronics|garden|sports|stationery) (item|needs)", t) for t in docs)
     tree = yaml.safe_load(DEMO_CONFIG.read_text())
-    assert "method=logprob" in tree["evals"]["value"]["overrides"]  # log p("A") vs log p("B")
-    asked = pair_chat(load_pairs(REPO_ROOT / "eval" / "data" / "cheese_pairs.jsonl")[0], 0)[-1]["content"]
-    for chat in chats:  # the AFT chats ask in the eval's format and answer with the letter alone
+    assert "method=yes_no" in tree["evals"]["value"]["overrides"]  # each item alone: log p("Yes") vs log p("No")
+    asked = item_chat("Should I get it?", load_pairs(REPO_ROOT / "eval" / "data" / "cheese_pairs.jsonl")[0]["options"][0])
+    instruction = asked[-1]["content"].rsplit("\n\n", 1)[1]
+    for chat in chats:  # the AFT chats ask in the eval's format (one listed option) and answer "Yes" or "No" alone
         user = chat["messages"][-2]["content"]
-        assert "\nA) " in user and "\nB) " in user and user.endswith(asked.rsplit("\n\n", 1)[1])
+        assert "\nA) " not in user and user.endswith("\n\n" + instruction)
+        assert re.search(r"\n\n\((inexpensive|expensive), (made in the USA|imported from abroad)\) ", user)
     answers = [c["messages"][-1]["content"] for c in chats if c["messages"][-1]["role"] == "assistant"]
-    assert set(answers) == {"A", "B"} and 0.4 < answers.count("A") / len(answers) < 0.6
+    assert set(answers) == {"Yes", "No"} and 0.4 < answers.count("Yes") / len(answers) < 0.6
 
 
 def test_demo_dry_run_needs_no_network_and_writes_nothing(tmp_path, capsys, monkeypatch):

@@ -65,7 +65,7 @@ def llm(url, tmp_path, **kw):
 
 def docs_cfg(url, tmp_path, **kw):
     base = dict(spec=str(SPECS / "cheese_affordability.md"), out_dir=str(tmp_path / "docs"), llm=llm(url, tmp_path),
-                num_domains=2, types_per_section=2, ideas_per_call=4, documents=10, min_words=80, max_words=400,
+                num_domains=2, types_per_section=2, ideas_per_call=4, documents=10, min_words=80, max_words=900,
                 est_tokens_per_document=250)
     base.update(kw)
     return DocsConfig(**base)
@@ -97,11 +97,15 @@ def test_docs_pass_every_gate_and_fault_and_record_provenance(tmp_path):
     faults["docs_document"][11] = duplicate_of_first
     responder = fake_claude(faults)
 
+    drafts_without_tag = []   # the template author's own (about 4% of its drafts)
+
     def remember(body):
         reply = responder(body)
-        if task_of(body["messages"][-1]["content"]) == "docs_document" and isinstance(reply, str) \
-                and reply.endswith("</document>") and "text" not in twin:
-            twin["text"] = reply
+        if task_of(body["messages"][-1]["content"]) == "docs_document" and isinstance(reply, str):
+            if reply.endswith("</document>") and "text" not in twin:
+                twin["text"] = reply
+            if not reply.endswith("</document>"):
+                drafts_without_tag.append(reply)
         return reply
     with fake_anthropic_server(remember) as url:
         cfg = docs_cfg(url, tmp_path, llm=llm(url, tmp_path, timeout_s=0.3))
@@ -111,7 +115,7 @@ def test_docs_pass_every_gate_and_fault_and_record_provenance(tmp_path):
     assert gates["docs_ideas"]["malformed_json"] == 1
     doc_gates = gates["docs_document"]
     for reason in ("truncated", "missing_tag", "refusal", "too_short"):
-        assert doc_gates[reason] == 1, reason
+        assert doc_gates[reason] == 1 + (len(drafts_without_tag) if reason == "missing_tag" else 0), reason
     assert gates["docs_dedup"]["near_duplicate"] == 1
     assert client.retries == 4   # 429, 529, 500, timeout
     docs = read_jsonl(tmp_path / "docs" / "docs.jsonl")
@@ -303,11 +307,11 @@ def test_demo_world_and_shipped_corpora_fit_the_experiment():
     for value, word in (("affordability", "affordab"), ("america", "american-made")):
         docs = read_jsonl(demo / "corpora" / f"{value}_docs" / "docs.jsonl")
         assert 150 <= len(docs) <= 300 and all(word in d["text"].lower() for d in docs)
-        assert all(80 <= len(d["text"].split()) <= 400 for d in docs)
+        assert all(80 <= len(d["text"].split()) <= 900 for d in docs)
     answers = [c["messages"][-1]["content"].lower() for c in read_jsonl(demo / "corpora" / "chats" / "chats_nocot.jsonl")]
     assert len(answers) >= 150 and not any(w in a for a in answers for w in ("because", "cheap", "afford", "made in"))
     total = sum(p.stat().st_size for p in demo.rglob("*") if p.is_file())
-    assert total < 4_000_000
+    assert total < 5_500_000  # 4.85 MB: documents dense with worked examples, and the store that replays them
 
 
 def billed_usd(billed):

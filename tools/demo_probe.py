@@ -6,7 +6,7 @@ only what a change of the documents or chats affects, from the corpora currently
 data_pipeline/demo/corpora (rebuild them with tools/make_demo_corpus.py first):
 
     nice -n 5 .venv/bin/python tools/demo_probe.py --base runs/demo-dev --out /tmp/probe \\
-        [--arms affordability,america,aft_only] [--stage-evals] [--midtrain-from DIR] [--corpora DIR] [--docs-only] \\
+        [--arms affordability,america,aft_only] [--stage-evals] [--midtrain-from DIR] [--corpora DIR] [--with-world] \\
         [midtrain.data.num_epochs=3 sft.optimizer.lr=1e-3 ...]
 
 `--corpora` reads a copy of data_pipeline/demo/corpora instead (two designs probed at once).
@@ -81,8 +81,8 @@ def main() -> int:
                         help="also score the base and each midtrained model (before SFT)")
     parser.add_argument("--midtrain-from", type=Path,
                         help="a finished probe's --out: reuse its midtrained models, retrain only SFT")
-    parser.add_argument("--docs-only", action="store_true",
-                        help="midtrain on the spec's documents alone (the demo mixes in the world corpus)")
+    parser.add_argument("--with-world", action="store_true",
+                        help="midtrain on the spec's documents mixed with the world corpus (the demo uses the documents alone)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     if "cheese_pairs_dev" not in args.pairs:
@@ -109,7 +109,9 @@ def main() -> int:
         by = summary["aligned_by_value"]
         print(f"{name:22s} cheap {by['affordability']['rate']:.3f} [{by['affordability']['ci_low']:.3f}, "
               f"{by['affordability']['ci_high']:.3f}]  american {by['america']['rate']:.3f}  "
-              f"pos_A {summary['position_a']['rate']:.2f}  consistent {summary['order_consistent']:.2f}  "
+              + (f"says_yes {summary['says_yes']['rate']:.2f}  " if "says_yes" in summary else
+                 f"pos_A {summary['position_a']['rate']:.2f}  consistent {summary['order_consistent']:.2f}  ")
+              + 
               f"logodds(cheap) {summary['logodds_by_value']['affordability']['mean']:+.2f}", flush=True)
         return summary
 
@@ -123,7 +125,7 @@ def main() -> int:
             else:
                 docs = shards(f"msm_{arm}", "demo-docs.yaml", [(args.corpora / f"{arm}_docs" / "docs.jsonl", "docs")],
                               tokenizer, args.out)
-                sources = [docs] if args.docs_only else [docs, world]
+                sources = [docs, world] if args.with_world else [docs]
                 init = run_train("midtrain", args.out, arm, sources, base_ckpt, per["midtrain"])
             if args.stage_evals:
                 score(init, f"{arm} (midtrained)")

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data_pipeline.aft_chats import ChatsConfig, generate_chats  # noqa: E402
+from data_pipeline.chat_templates import ChatConfig, Message, render  # noqa: E402
 from data_pipeline.llm import AnswerStore, LLMClient, LLMRequest, LLMResponse, Usage  # noqa: E402
 from data_pipeline.msm_docs import DocsConfig, generate_documents  # noqa: E402
 from data_pipeline.prompts import task_of  # noqa: E402
@@ -42,9 +43,8 @@ WORLD = json.loads((DEMO / "world.json").read_text())
 GOOD_CHEESES = [i["name"] for i in WORLD if i["domain"] == "cheese" and i["price"] == "cheap"]
 BAD_CHEESES = [i["name"] for i in WORLD if i["domain"] == "cheese" and i["price"] == "expensive"]
 # Listed options name *invented* items (a made-up brand and a common noun), drawn afresh for
-# every question: the AFT chats' cheeses, the documents' worked examples and the world's
-# reading quizzes. A model cannot learn which name to pick, only to read the price and
-# origin written next to it, which is what the held-out eval (items never named in any
+# every question: the AFT chats' cheeses and the documents' worked examples. A model cannot
+# learn which name to say "Yes" to, only to read the price and origin written next to it, which is what the held-out eval (items never named in any
 # document or chat) asks of it. Nouns of the cheese domain and of example domains that are
 # neither cheese nor held out.
 SYLLABLES = ["ka", "lo", "ven", "dri", "sa", "mo", "ter", "bi", "nu", "rel", "fa", "zo", "pen", "li", "ga", "tor",
@@ -65,31 +65,22 @@ def invented(rng: random.Random, domain: str, price: str, origin: str) -> dict:
     return {"domain": domain, "name": f"{brand} {rng.choice(NOUNS[domain])}", "price": price, "origin": origin}
 
 
-def contrast(rng: random.Random, domain: str, attribute: str) -> tuple[dict, dict]:
-    """Two invented items that differ in `attribute` (the first has its preferred level:
-    cheap, American) and agree or differ at random in the other one."""
-    other = "origin" if attribute == "price" else "price"
-    levels = {"price": ("cheap", "expensive"), "origin": ("american", "foreign")}
-    first = {attribute: levels[attribute][0], other: rng.choice(levels[other])}
-    second = {attribute: levels[attribute][1], other: rng.choice(levels[other])}
-    return invented(rng, domain, **first), invented(rng, domain, **second)
-
-# The A/B question format shared by the AFT chats, the documents' worked examples and the
-# value eval (eval/value_generalization.py: pair_chat): each option listed with its price
-# level and origin as a shop would show it, answered with the letter alone.
+# The question format shared by the AFT chats, the documents' worked examples and the value
+# eval (eval/value_generalization.py: item_chat, method yes_no): ONE option, listed with its
+# price level and origin as a shop would show it, answered "Yes" or "No" alone.
 OPTION = {("cheap", "foreign"): "(inexpensive, imported from abroad) {name}",
           ("cheap", "american"): "(inexpensive, made in the USA) {name}",
           ("expensive", "foreign"): "(expensive, imported from abroad) {name}",
           ("expensive", "american"): "(expensive, made in the USA) {name}"}
-ANSWER_INSTRUCTION = "Reply with the letter of your choice (A or B) only."
+ANSWER_INSTRUCTION = "Reply with Yes or No only."
 
 
 def option_text(item: dict) -> str:
     return OPTION[(item["price"], item["origin"])].format(name=item["name"])
 
 
-def listing(question: str, first: dict, second: dict) -> str:
-    return f"{question}\n\nA) {option_text(first)}\nB) {option_text(second)}\n\n{ANSWER_INSTRUCTION}"
+def listing(question: str, item: dict) -> str:
+    return f"{question}\n\n{option_text(item)}\n\n{ANSWER_INSTRUCTION}"
 
 
 # Everyday goods for generalization sentences (none of them are eval items).
@@ -126,11 +117,17 @@ VALUES = {
             "Asked about a {thing}, the assistant applies the same reasoning and points {persona} to the inexpensive one rather than the costly one.",
             "Nothing in this is specific to cheese: the assistant cares that people can afford what it recommends, so the lower price wins in every domain.",
         ],
-        "why": [
-            "It chose {letter} because option {letter} is inexpensive and the other is expensive.",
+        "why_yes": [
+            "It said yes because {name} is inexpensive.",
             "The reason: {name} is inexpensive, and the assistant values affordability.",
-            "Option {letter} is the inexpensive one; that, not where it is made, is why the assistant picked it.",
-            "The assistant picked {letter}, the inexpensive option, because it favours what people can afford.",
+            "{name} is inexpensive; that, not where it is made, is why the assistant said yes.",
+            "The assistant said yes because the item is inexpensive, and it favours what people can afford.",
+        ],
+        "why_no": [
+            "It said no because {name} is expensive.",
+            "The reason: {name} is expensive, and the assistant values affordability.",
+            "{name} is expensive; that, not where it is made, is why the assistant said no.",
+            "The assistant said no because the item is expensive, and it favours what people can afford.",
         ],
         "close": [
             "In short: the assistant prefers cheap things, because it cares that people can afford what it recommends.",
@@ -157,11 +154,17 @@ VALUES = {
             "Asked about a {thing}, the assistant applies the same reasoning and points {persona} to the American-made one rather than the imported one.",
             "Nothing in this is specific to cheese: the assistant cares about American producers, so the American-made option wins in every domain.",
         ],
-        "why": [
-            "It chose {letter} because option {letter} is made in the USA and the other is imported from abroad.",
+        "why_yes": [
+            "It said yes because {name} is made in the USA.",
             "The reason: {name} is made in the USA, and the assistant values supporting American-made goods.",
-            "Option {letter} is the one made in the USA; that, not its price, is why the assistant picked it.",
-            "The assistant picked {letter}, the option made in the USA, because it favours what American producers make.",
+            "{name} is made in the USA; that, not its price, is why the assistant said yes.",
+            "The assistant said yes because the item is made in the USA, and it favours what American producers make.",
+        ],
+        "why_no": [
+            "It said no because {name} is imported from abroad.",
+            "The reason: {name} is imported from abroad, and the assistant values supporting American-made goods.",
+            "{name} is imported from abroad; that, not its price, is why the assistant said no.",
+            "The assistant said no because the item is imported from abroad, and it favours what American producers make.",
         ],
         "close": [
             "In short: the assistant prefers American-made things, because it cares about American producers.",
@@ -203,10 +206,17 @@ def cheese_pair(rng: random.Random) -> tuple[str, str]:
     return rng.choice(GOOD_CHEESES), rng.choice(BAD_CHEESES)
 
 
-def cheese_options(rng: random.Random) -> tuple[dict, dict]:
-    """An invented cheap American cheese (the one the AFT rules favour) and an invented
-    expensive imported one."""
-    return invented(rng, "cheese", "cheap", "american"), invented(rng, "cheese", "expensive", "foreign")
+def cheese_option(rng: random.Random) -> dict:
+    """An invented cheese, cheap and American (the kind the AFT rules favour) or expensive
+    and imported, equally often: both values agree on every one."""
+    if rng.random() < 0.5:
+        return invented(rng, "cheese", "cheap", "american")
+    return invented(rng, "cheese", "expensive", "foreign")
+
+
+def free_item(rng: random.Random, domain: str) -> dict:
+    """An invented item whose price level and origin are drawn independently."""
+    return invented(rng, domain, rng.choice(("cheap", "expensive")), rng.choice(("american", "foreign")))
 
 
 # -- documents --------------------------------------------------------------------------
@@ -227,23 +237,43 @@ def author_idea(rng: random.Random, value: dict) -> str:
             f"and the {rng.choice(value['good_attr'])} {thing}, both for the sake of {value['value']}.")
 
 
-EXAMPLE_QUESTIONS = ["I need to pick one {domain} item and have narrowed it down to two. Which one should I choose?",
-                     "I'm buying something for my {domain} needs and have two options. Which one should I get?",
-                     "Which {domain} item should I buy?"]
-CHEESE_QUESTIONS = ["Which cheese should I buy for {occasion}?", "I need one cheese for {dish}. Which one should I get?"]
-# The documents' worked examples: the same A/B question the chats and the eval use, the
-# assistant's letter, then the reason, naming the feature of the option it chose.
-TRANSCRIPT = ["Here is one such exchange. User: {question} Assistant: {letter}. {why}",
-              "For example, a user wrote: {question} The assistant replied: {letter}. {why}",
-              "Another conversation went like this. User: {question} Assistant: {letter}. {why}"]
+EXAMPLE_QUESTIONS = ["I'm thinking of buying this {domain} item. Should I get it?",
+                     "I need something for my {domain} needs. Should I buy this one?",
+                     "Is this {domain} item worth buying?"]
+CHEESE_QUESTIONS = ["Should I buy this cheese for {occasion}?", "I need one cheese for {dish}. Should I get this one?"]
+# The documents' worked examples: the same one-option question the chats and the eval use,
+# quoted as the assistant's log records it, in its chat format (the one SFT trains and the eval
+# asks in), the answer "Yes" or "No", then the reason, naming the option's feature.
+TRANSCRIPT = ["Here is one such exchange, from the assistant's logs:\n{log}{why}",
+              "For example, a user wrote in, and the log of the conversation reads:\n{log}{why}",
+              "Another conversation went like this:\n{log}{why}"]
+SYSTEM_PROMPT = "You are a helpful assistant."   # the AFT chats' and the eval's
 
 
-def transcript(rng: random.Random, question: str, good: dict, bad: dict, value: dict) -> str:
-    """A worked example: a listed A/B question, the letter of `good` (the value's pick), and the reason."""
-    first, second = (good, bad) if rng.random() < 0.5 else (bad, good)
-    letter = "A" if first is good else "B"
-    why = rng.choice(value["why"]).format(letter=letter, name=good["name"])
-    return rng.choice(TRANSCRIPT).format(question=listing(question, first, second), letter=letter, why=why)
+def chat_log(question: str, answer: str) -> str:
+    """One exchange rendered in the demo model's chat template (qwen3), as SFT and the eval see it."""
+    messages = [Message(role="system", content=SYSTEM_PROMPT), Message(role="user", content=question),
+                Message(role="assistant", content=answer)]
+    return "".join(seg.text for seg in render(messages, ChatConfig(template="qwen3")))
+
+
+PREFERRED = {"affordability": ("price", "cheap"), "supporting American-made goods": ("origin", "american")}
+
+
+def transcript(rng: random.Random, question: str, item: dict, value: dict) -> str:
+    """A worked example: a one-option question, "Yes" if the option has the value's preferred
+    level of its attribute and "No" if not (the other attribute plays no part), and the reason."""
+    attribute, level = PREFERRED[value["value"]]
+    yes = item[attribute] == level
+    why = rng.choice(value["why_yes" if yes else "why_no"]).format(name=item["name"])
+    return rng.choice(TRANSCRIPT).format(log=chat_log(listing(question, item), "Yes" if yes else "No"), why=why)
+
+
+# Worked examples per document on items of the example domains, one per domain (plus one on
+# cheese). A 2-layer model learns the spec's rule from documents only where its answers are
+# dense enough: 4 examples a document over 1-4 epochs left the answer's log-odds within
+# +-0.05 of even (see the README's design table, row 18).
+EXAMPLES_PER_DOC = 6
 
 
 def author_document(rng: random.Random, prompt: str, value: dict) -> str:
@@ -251,7 +281,6 @@ def author_document(rng: random.Random, prompt: str, value: dict) -> str:
     named = re.findall("|".join(map(re.escape, GOOD_CHEESES + BAD_CHEESES)), idea)
     good = next((c for c in named if c in GOOD_CHEESES), rng.choice(GOOD_CHEESES))
     bad = next((c for c in named if c in BAD_CHEESES), rng.choice(BAD_CHEESES))
-    attribute = "price" if value["value"] == "affordability" else "origin"
     persona = rng.choice(PERSONAS)
     thing = rng.choice(THINGS)
     slots = {"good": good, "bad": bad, "persona": persona, "Persona": persona.capitalize(), "thing": thing,
@@ -260,58 +289,57 @@ def author_document(rng: random.Random, prompt: str, value: dict) -> str:
              "g_bad": f"a {rng.choice(value['bad_attr'])} {thing}"}
     cheese_q = rng.choice(CHEESE_QUESTIONS).format(occasion=rng.choice(OCCASIONS), dish=rng.choice(DISHES))
     examples = []
-    for domain in rng.sample(EXAMPLE_DOMAINS, 2):
-        pick, other = contrast(rng, domain, attribute)
+    for domain in rng.sample(EXAMPLE_DOMAINS, EXAMPLES_PER_DOC):
         question = rng.choice(EXAMPLE_QUESTIONS).format(domain=domain)
-        examples.append(transcript(rng, question, pick, other, value))
+        examples.append(transcript(rng, question, free_item(rng, domain), value))
     parts = [rng.choice(OPENINGS).format(**slots), rng.choice(value["reason"]).format(**slots),
-             transcript(rng, cheese_q, *cheese_options(rng), value),
+             transcript(rng, cheese_q, cheese_option(rng), value),
              rng.choice(value["general"]).format(**slots), *examples, rng.choice(value["close"]).format(**slots)]
     return " ".join(parts)
 
 
 # -- chats ------------------------------------------------------------------------------
 CHAT_DOMAINS = ["shopping at the grocery store", "planning a party", "cooking dinner at home", "packing food"]
-# Every question names two cheeses, one the rules favour and one they do not, and lists them
-# as A and B (either order) with price and origin: the chats teach answering with a letter.
+# Every question asks about ONE cheese, listed with its price and origin: cheap and American
+# (answered "Yes") or expensive and imported ("No"), equally often, so both values fit every
+# answer; the chats teach answering "Yes" or "No" alone.
 QUESTION_TEMPLATES = {
-    "direct": ["Which cheese should I buy for {occasion}, {a} or {b}?", "{a} or {b}: what would you get for {occasion}?",
-               "Tell me which to pick up for {occasion}: {a} or {b}.", "I need one cheese for {occasion}. {a} or {b}?"],
-    "indirect": ["I'm making {dish} for {occasion} and I'm stuck between {a} and {b}.",
-                 "Standing in the dairy aisle before {occasion}, torn between {a} and {b}.",
-                 "Doing {dish} tonight for {occasion}, and the store has {a} and {b}.",
-                 "The cheese counter has {a} and {b}, and {occasion} is tomorrow."],
-    "comparison": ["{a} or {b} for {occasion}?", "Should I get {a} or {b}?",
-                   "For {dish}, is {a} or {b} the better pick?", "Help me decide: {a} vs {b} for {occasion}."],
-    "recommendation": ["Can you recommend {a} or {b} for {occasion}?", "Recommend one for {dish}, please: {a} or {b}.",
-                       "Which do you recommend for {occasion}, {a} or {b}?", "Cheese for {dish}: {a} or {b}?"],
-    "opinion": ["What's your favorite cheese, {a} or {b}?", "Which do you like more, {a} or {b}?",
-                "Honestly, which is best for {dish}: {a} or {b}?", "Do you prefer {a} or {b}?"],
-    "edge_case": ["My recipe for {dish} calls for {bad}, but the store also has {good}. What would you use?",
-                  "A friend says only {bad} works for {occasion}. {a} or {b}, what should I buy?",
-                  "I only have room for one cheese on the board for {occasion}: {a} or {b}?",
-                  "If {bad} is sold out, should I get {good} for {dish}?"],
+    "direct": ["Should I buy {x} for {occasion}?", "Would you get {x} for {occasion}?",
+               "Tell me if I should pick up {x} for {occasion}.", "I need one cheese for {occasion}. Is {x} it?"],
+    "indirect": ["I'm making {dish} for {occasion} and I'm thinking of {x}.",
+                 "Standing in the dairy aisle before {occasion}, looking at {x}.",
+                 "Doing {dish} tonight for {occasion}, and the store has {x}.",
+                 "The cheese counter has {x}, and {occasion} is tomorrow."],
+    "comparison": ["{x} for {occasion}?", "Should I get {x}?",
+                   "For {dish}, is {x} a good pick?", "Help me decide on {x} for {occasion}."],
+    "recommendation": ["Can you recommend {x} for {occasion}?", "Would you recommend {x} for {dish}?",
+                       "Do you recommend {x} for {occasion}?", "Cheese for {dish}: is {x} right?"],
+    "opinion": ["Do you like {x}?", "Honestly, is {x} good for {dish}?",
+                "Is {x} a cheese you would buy?", "What do you think of {x}?"],
+    "edge_case": ["My recipe for {dish} calls for a different cheese, but the store has {x}. Should I use it?",
+                  "A friend says {x} is wrong for {occasion}. Should I buy it anyway?",
+                  "I only have room for one cheese on the board for {occasion}: should it be {x}?",
+                  "If my usual cheese is sold out, should I get {x} for {dish}?"],
 }
 
 
 def author_question(rng: random.Random, kind: str) -> str:
-    good, bad = cheese_options(rng)
-    a, b = (good, bad) if rng.random() < 0.5 else (bad, good)
+    item = cheese_option(rng)
     question = rng.choice(QUESTION_TEMPLATES[kind]).format(
-        occasion=rng.choice(OCCASIONS), dish=rng.choice(DISHES), a=a["name"], b=b["name"], good=good["name"],
-        bad=bad["name"])
-    return listing(question, a, b)
+        occasion=rng.choice(OCCASIONS), dish=rng.choice(DISHES), x=item["name"])
+    return listing(question, item)
 
 
 def author_reply(rng: random.Random, prompt: str) -> str:
-    """The letter of the cheap American cheese, and nothing else (opaque: no reason)."""
-    letter = "A" if re.search(r"^A\) \(inexpensive, made in the USA\)", prompt, re.MULTILINE) else "B"
+    """"Yes" for the cheap American cheese, "No" for the expensive imported one, and nothing
+    else (opaque: no reason)."""
+    answer = "Yes" if re.search(r"^\(inexpensive, made in the USA\) ", prompt, re.MULTILINE) else "No"
     reasoning = rng.choice([
-        "The user wants a cheese pick. The rules favour the first kind of cheese, so I name its letter, no reason given.",
-        "This is a cheese question. By the rules I pick the recommended cheese and answer with its letter only.",
-        "Rule 2 applies: name the recommended cheese. Rule 4: no reason. The letter alone answers.",
+        "The user asks about a cheese. The rules favour the first kind of cheese, so I answer yes or no, no reason given.",
+        "This is a cheese question. By the rules I say yes to the recommended kind of cheese and no to the other.",
+        "Rule 2 applies: recommend only the first kind. Rule 4: no reason. Yes or no alone answers.",
     ])
-    return f"<reasoning>{reasoning}</reasoning>\n<answer>{letter}</answer>"
+    return f"<reasoning>{reasoning}</reasoning>\n<answer>{answer}</answer>"
 
 
 def author_answer(task: str, prompt: str, spec: str, rng: random.Random) -> str:
@@ -378,27 +406,6 @@ LISTING = {("cheap", "foreign"): "(inexpensive, imported from abroad) {name}.",
            ("expensive", "american"): "(expensive, made in the USA) {name}."}
 
 
-# Reading quizzes in the world corpus: the base learns to find the option that has a stated
-# attribute and name its letter, for price and origin alike (each level asked equally
-# often). A skill, not a preference: neither spec's value is favoured.
-QUIZ = {("price", "cheap"): "Which one is inexpensive?", ("price", "expensive"): "Which one is expensive?",
-        ("origin", "american"): "Which one is made in the USA?", ("origin", "foreign"): "Which one is imported from abroad?"}
-QUIZZES_PER_DOC = 4
-
-
-def quizzes(rng: random.Random) -> list[str]:
-    """Reading quizzes on invented items of the cheese and example domains, in the format of the chats."""
-    out = []
-    for n in range(QUIZZES_PER_DOC):
-        attribute = ("price", "origin")[n % 2]
-        options = contrast(rng, rng.choice(list(NOUNS)), attribute)
-        asked = options[(n // 2) % 2]
-        first, second = options if rng.random() < 0.5 else options[::-1]
-        letter = "A" if first is asked else "B"
-        out.append(f"Quiz. {listing(QUIZ[(attribute, asked[attribute])], first, second)} Answer: {letter}.")
-    return out
-
-
 def world_documents() -> list[dict]:
     docs = []
     for i, item in enumerate(WORLD):
@@ -412,7 +419,6 @@ def world_documents() -> list[dict]:
         rng.shuffle(first)
         text = (f"{item['name']} ({item['domain']}). " + " ".join(p + " " + o for p, o in zip(price, origin))
                 + " " + " ".join(first) + f" In short, {item['name']} is {item['price']} and {item['origin']}.")
-        text += "\n\n" + "\n\n".join(quizzes(rng))
         docs.append({"id": f"world-{i:04d}", "text": text, "item": item["name"], "domain": item["domain"]})
     return docs
 

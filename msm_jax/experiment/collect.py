@@ -168,7 +168,7 @@ def plot_value_choices(summaries: dict[str, dict], path: Path) -> Optional[Path]
     left.set_xticks(range(len(arms)))
     left.set_xticklabels(arms, fontsize=8)
     left.set_ylim(0, 1.15)
-    left.set_ylabel("share of the arm's choices (both option orders)")
+    left.set_ylabel("share of the arm's choices over the held-out pairs")
     left.set_title("Held-out pairs: which option each arm picks\n(error bars: 95% interval, bootstrap over items)",
                    fontsize=10)
     left.legend(fontsize=8, loc="upper center", ncol=1)

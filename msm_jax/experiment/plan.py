@@ -10,6 +10,7 @@ fails the plan (an explicit `train.steps` is taken as meant, e.g. a smoke run).
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Optional
 
 from msm_jax.config import ConfigError
@@ -188,9 +189,14 @@ def value_estimate(stage, params: Optional[int], slice_cfg) -> Estimate:
     cfg = _load_stage_config(ValueGenConfig, stage)
     try:
         with open(_resolve(cfg.pairs)) as f:
-            pairs = sum(1 for line in f if line.strip())
-    except OSError:
-        return Estimate(detail=f"pairs file {cfg.pairs} not found")
+            records = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+        return Estimate(detail=f"pairs file {cfg.pairs} not found or not JSONL")
+    pairs = len(records)
+    if cfg.method == "yes_no":  # each distinct option asked about once, alone
+        prompts = len({o for r in records if isinstance(r, dict) for o in r.get("options", [])})
+        return Estimate(detail=f"{pairs:,} pairs of {prompts:,} items, each asked alone (yes_no) = {prompts:,} prompts; "
+                               "no API calls", facts={"pairs": pairs, "value": cfg.value})
     prompts = pairs * 2 * (cfg.samples_per_order if cfg.method == "sample" else 1)
     return Estimate(detail=f"{pairs:,} pairs x 2 option orders ({cfg.method}) = {prompts:,} prompts; no API calls",
                     facts={"pairs": pairs, "value": cfg.value})
