@@ -213,7 +213,7 @@ def test_msm_serve_command_serves_a_hugging_face_folder(dirs):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_two_processes_serve_like_one_and_shut_down_together(dirs, client):
+def test_two_processes_serve_like_one_and_shut_down_together(dirs, client, tmp_path):
     """Process 0 serves HTTP and broadcasts each batch; both decode it (fsdp over their devices)."""
     import signal
     import socket
@@ -224,9 +224,11 @@ def test_two_processes_serve_like_one_and_shut_down_together(dirs, client):
     for i in range(2):
         env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
                    MSM_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", MSM_NUM_PROCESSES="2", MSM_PROCESS_ID=str(i))
+        # only process 0's stdout is read (its URL); each stderr goes to a file the failure message shows
         procs.append(subprocess.Popen([sys.executable, "-m", "msm_jax.cli", "serve", str(dirs / "ckpt"), "--port", "0",
-                                       "--model-name", "tiny", "--mesh", "fsdp=-1"], stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL, text=True, env=env))
+                                       "--model-name", "tiny", "--mesh", "fsdp=-1"],
+                                      stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
+                                      stderr=open(tmp_path / f"serve{i}.err", "w"), text=True, env=env))
     try:
         line = procs[0].stdout.readline()
         while line and "listening on" not in line:  # gloo prints its connection first
@@ -236,8 +238,15 @@ def test_two_processes_serve_like_one_and_shut_down_together(dirs, client):
             got = two.chat.completions.create(model="tiny", messages=chat(q), temperature=0, max_tokens=8, n=2)
             one = client.chat.completions.create(model="tiny", messages=chat(q), temperature=0, max_tokens=8)
             assert [c.message.content for c in got.choices] == [one.choices[0].message.content] * 2
+        two.close()
         procs[0].send_signal(signal.SIGINT)  # process 0 stops serving and tells process 1 to stop
-        assert [p.wait(timeout=120) for p in procs] == [0, 0]
+        try:
+            codes = [p.wait(timeout=180) for p in procs]
+        except subprocess.TimeoutExpired:
+            codes = [p.poll() for p in procs]
+        logs = "\n".join(f"process {i} (exit {c}): ...{(tmp_path / f'serve{i}.err').read_text()[-3000:]}"
+                         for i, c in enumerate(codes))
+        assert codes == [0, 0], logs
     finally:
         for p in procs:
             if p.poll() is None:
