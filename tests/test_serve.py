@@ -239,7 +239,8 @@ def test_two_processes_serve_like_one_and_shut_down_together(dirs, client, tmp_p
             one = client.chat.completions.create(model="tiny", messages=chat(q), temperature=0, max_tokens=8)
             assert [c.message.content for c in got.choices] == [one.choices[0].message.content] * 2
         two.close()
-        procs[0].send_signal(signal.SIGINT)  # process 0 stops serving and tells process 1 to stop
+        # SIGTERM, as a process manager sends it: process 0 stops serving and tells process 1 to stop
+        procs[0].send_signal(signal.SIGTERM)
         try:
             codes = [p.wait(timeout=180) for p in procs]
         except subprocess.TimeoutExpired:

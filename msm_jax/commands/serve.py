@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from msm_jax.config import ConfigError, parse_override
@@ -45,6 +46,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM stop serving cleanly: process 0 finishes the batch in flight and
+    tells the other processes to stop. Set explicitly because a server started in the
+    background by a shell inherits SIGINT ignored, and SIGTERM (what process managers send)
+    would otherwise end process 0 alone, leaving the others waiting for its next batch."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
 def run(args) -> int:
     from msm_jax import distributed, storage
     from msm_jax.train.config import DistributedConfig
@@ -70,6 +82,7 @@ def run(args) -> int:
     name = args.model_name or os.path.basename(os.path.normpath(args.path))
     limits = Limits(model_name=name, max_len=engine.max_len, default_max_tokens=args.max_tokens)
     server = make_server(engine.start(), limits, args.host, args.port)
+    _stop_on_signals()
     print(f"msm serve: {name} listening on {server.url}", flush=True)
     try:
         server.serve_forever()
