@@ -228,11 +228,17 @@ def run(backend: Backend, pairs: Sequence[dict], cfg: ValueGenConfig) -> list[di
     return records
 
 
+def yes_no_questions(pairs: Sequence[dict], cfg: ValueGenConfig) -> list[tuple[str, str]]:
+    """The distinct (question, option) prompts `yes_no` asks: an option shared by several
+    pairs is scored once."""
+    return sorted({(cfg.item_question.format(domain=p["domain"]), o) for p in pairs for o in p["options"]})
+
+
 def _run_yes_no(backend: Backend, pairs: Sequence[dict], cfg: ValueGenConfig) -> list[dict]:
     """One record per pair: each option asked about alone (each distinct option once), the
     choice the option with the larger log-odds of "Yes". `logprobs` holds those log-odds,
     option 0 first, so the log-odds summary is the gap between the two options."""
-    asked = sorted({(cfg.item_question.format(domain=p["domain"]), o) for p in pairs for o in p["options"]})
+    asked = yes_no_questions(pairs, cfg)
     scores = backend.score_many([(item_chat(q, o, cfg.system_prompt), YES_NO) for q, o in asked])
     log_odds = {key: float(lp_yes - lp_no) for key, (lp_yes, lp_no) in zip(asked, scores)}
     records = []

@@ -107,11 +107,10 @@ def main() -> int:
                            f"out_dir={args.out / 'eval' / name}", f"pairs={args.pairs}", *per["eval"]])
         summary = vg.evaluate(JaxBackend.from_config(cfg.backend), cfg)
         by = summary["aligned_by_value"]
+        habit = (f"says_yes {summary['says_yes']['rate']:.2f}" if "says_yes" in summary else
+                 f"pos_A {summary['position_a']['rate']:.2f}  consistent {summary['order_consistent']:.2f}")
         print(f"{name:22s} cheap {by['affordability']['rate']:.3f} [{by['affordability']['ci_low']:.3f}, "
-              f"{by['affordability']['ci_high']:.3f}]  american {by['america']['rate']:.3f}  "
-              + (f"says_yes {summary['says_yes']['rate']:.2f}  " if "says_yes" in summary else
-                 f"pos_A {summary['position_a']['rate']:.2f}  consistent {summary['order_consistent']:.2f}  ")
-              + 
+              f"{by['affordability']['ci_high']:.3f}]  american {by['america']['rate']:.3f}  {habit}  "
               f"logodds(cheap) {summary['logodds_by_value']['affordability']['mean']:+.2f}", flush=True)
         return summary
 

@@ -10,10 +10,10 @@ fails the plan (an explicit `train.steps` is taken as meant, e.g. a smoke run).
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Optional
 
 from msm_jax.config import ConfigError
+from msm_jax.errors import UserError
 
 # Published bf16 peak per chip, and TensorCores per chip (v4/v5p slice names count cores).
 ACCELERATORS = {"v4": (275e12, 2), "v5p": (459e12, 2), "v5litepod": (197e12, 1), "v5e": (197e12, 1),
@@ -184,22 +184,20 @@ def agentic_estimate(stage, params: Optional[int], slice_cfg) -> Estimate:
 
 
 def value_estimate(stage, params: Optional[int], slice_cfg) -> Estimate:
-    from eval.value_generalization import ValueGenConfig
+    from eval.value_generalization import ValueGenConfig, load_pairs, yes_no_questions
 
     cfg = _load_stage_config(ValueGenConfig, stage)
     try:
-        with open(_resolve(cfg.pairs)) as f:
-            records = [json.loads(line) for line in f if line.strip()]
-    except (OSError, ValueError):
-        return Estimate(detail=f"pairs file {cfg.pairs} not found or not JSONL")
-    pairs = len(records)
-    if cfg.method == "yes_no":  # each distinct option asked about once, alone
-        prompts = len({o for r in records if isinstance(r, dict) for o in r.get("options", [])})
-        return Estimate(detail=f"{pairs:,} pairs of {prompts:,} items, each asked alone (yes_no) = {prompts:,} prompts; "
-                               "no API calls", facts={"pairs": pairs, "value": cfg.value})
-    prompts = pairs * 2 * (cfg.samples_per_order if cfg.method == "sample" else 1)
-    return Estimate(detail=f"{pairs:,} pairs x 2 option orders ({cfg.method}) = {prompts:,} prompts; no API calls",
-                    facts={"pairs": pairs, "value": cfg.value})
+        pairs = load_pairs(_resolve(cfg.pairs))
+    except UserError as e:
+        return Estimate(detail=str(e))
+    if cfg.method == "yes_no":
+        prompts = len(yes_no_questions(pairs, cfg))
+        detail = f"{len(pairs):,} pairs, each option asked alone (yes_no) = {prompts:,} prompts; no API calls"
+    else:
+        prompts = len(pairs) * 2 * (cfg.samples_per_order if cfg.method == "sample" else 1)
+        detail = f"{len(pairs):,} pairs x 2 option orders ({cfg.method}) = {prompts:,} prompts; no API calls"
+    return Estimate(detail=detail, facts={"pairs": len(pairs), "value": cfg.value})
 
 
 def _resolve(path: str) -> str:
