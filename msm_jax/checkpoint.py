@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -142,11 +143,31 @@ def _cast_like(tree: Any, target: Any) -> Any:
     return jax.tree.map(lambda x, t: x if x.dtype == t.dtype else x.astype(t.dtype), tree, target)
 
 
+_ORPHAN_REPORTS = ("Task exception was never retrieved", "Task was destroyed but it is pending!")
+_ORBAX_CORO = re.compile(r"coro=<[^>]*defined at [^>]*/orbax/checkpoint/")
+
+
+class _OrbaxOrphanFilter(logging.Filter):
+    """Drops asyncio's reports about tasks that Orbax left behind in a loop it closed: the
+    report's first line says the task was orphaned, the task's repr names the file that
+    defines its coroutine."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        first, _, rest = record.getMessage().partition("\n")
+        return not (first in _ORPHAN_REPORTS and _ORBAX_CORO.search(rest.split("\n", 1)[0]))
+
+
 def _quiet_closed_loop_reports() -> None:
-    """Orbax runs a restore in its own asyncio loop; when one read fails, tensorstore still
-    completes the reads in flight after that loop has closed, and each completion reports
-    "Event loop is closed" as an unraisable exception: hundreds of tracebacks for one
-    truncated file, after the failure was already handled. Drop exactly those reports."""
+    """Orbax runs a restore in its own asyncio loop and closes it without cancelling what
+    is left. When one read fails, the reads still in flight finish after the failure was
+    already handled: tensorstore's completions report "Event loop is closed" as unraisable
+    exceptions (hundreds of tracebacks for one truncated file), and when the garbage
+    collector gets to the orphaned tasks, asyncio logs each one's exception with its
+    traceback. Drop exactly those reports: the unraisable "Event loop is closed", and
+    asyncio's orphaned-task reports whose task is a coroutine defined in Orbax."""
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _OrbaxOrphanFilter) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_OrbaxOrphanFilter())
     previous = sys.unraisablehook
     if getattr(previous, "msm_quiet", False):
         return

@@ -3,6 +3,8 @@ refused before anything is touched, a folder msm did not write is left alone, on
 that cannot be read back as written are set aside (never over an earlier `.broken`), and
 flipped or truncated array bytes are caught by checksums."""
 
+import asyncio
+import gc
 import logging
 import shutil
 import subprocess
@@ -113,6 +115,29 @@ def test_only_closed_event_loop_reports_are_silenced(monkeypatch):
     sys.unraisablehook(closed)
     sys.unraisablehook(other)
     assert reported == [other]
+
+
+def orphan_a_failed_task(defined_in: str) -> None:
+    """What Orbax does when one read of a restore fails: the loop closes with another
+    read's task failed and never awaited; the collector then has asyncio report it."""
+    namespace = {}
+    exec(compile("async def read():\n    raise ValueError('DATA_LOSS')\n", defined_in, "exec"), namespace)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(namespace["read"]())
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    del task
+    gc.collect()
+
+
+def test_only_orbax_orphaned_task_reports_are_silenced(caplog):
+    checkpoint._quiet_closed_loop_reports()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        orphan_a_failed_task("/venv/site-packages/orbax/checkpoint/_src/serialization/serialization.py")
+        assert not caplog.records
+        orphan_a_failed_task("/work/mine/reader.py")
+    [report] = caplog.records
+    assert report.getMessage().startswith("Task exception was never retrieved") and "reader.py" in report.getMessage()
 
 
 CHECKSUM_SCRIPT = """
