@@ -69,6 +69,10 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
 def main(argv: list[str] | None = None) -> int:
     from msm_jax.storage import use_emulator_from_env
 
+    if argv is None:  # a real `msm` process (not a call from Python): huge pages for XLA:CPU's temporaries
+        from msm_jax.host_memory import reexec_with_huge_pages
+        reexec_with_huge_pages()
+
     use_emulator_from_env()  # STORAGE_EMULATOR_HOST alone selects a local Cloud Storage, for every library
     parser = build_parser()
     try:

@@ -197,3 +197,21 @@ def test_missing_dataset_file_stops_before_any_stage_runs(exp):
     assert commands(exp) == []
     _, lines = run(exp, "datasets.extra={kind: chats, path: nowhere.jsonl}", dry_run=True)
     assert lines[0] == "warning: datasets.extra.path: nowhere.jsonl not found"
+
+
+def test_local_stages_compile_into_one_cache_in_the_experiment_folder(tmp_path, monkeypatch):
+    import sys
+
+    from msm_jax.experiment.launchers import CACHE_ENV
+    from msm_jax.experiment.runner import make_launcher
+    from msm_jax.experiment.stages import Stage
+
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    launcher = make_launcher("local", None, str(tmp_path / "exp"))
+    launcher.msm_prefix = [sys.executable, "-c", f"import os; print(os.environ[{CACHE_ENV!r}])"]
+    stage = Stage(id="sft/a", kind="sft", argv=[], deps=[])
+    assert launcher.run(stage, tmp_path / "log").returncode == 0
+    assert (tmp_path / "log").read_text().splitlines()[-1] == str(tmp_path / "exp" / "jax_cache")
+    assert make_launcher("local", None, "gs://bucket/exp").env is None  # a bucket is no compile cache
+    monkeypatch.setenv(CACHE_ENV, "/mine")
+    assert make_launcher("local", None, str(tmp_path / "exp")).env is None  # the user's own choice stands

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import time
 
@@ -196,11 +197,13 @@ def cases(args) -> list[tuple[str, object]]:
 
 
 def main() -> None:
+    args = parse_args()
+    from msm_jax.host_memory import TUNABLE, reexec_with_huge_pages
+    reexec_with_huge_pages()  # as `msm` runs: both stacks train in this process, with the same setting
     import jax
 
     from msm_jax.train.flops import device_peak_tflops, flops_per_token, mfu
 
-    args = parse_args()
     device = jax.devices()[0]
     peak = args.peak_tflops or device_peak_tflops(device.device_kind)
     use_torch = args.baseline == "torch" or (args.baseline == "auto" and jax.default_backend() == "cpu")
@@ -218,7 +221,8 @@ def main() -> None:
         run["times"] = times
     tokens = args.batch * args.seq
     results = {"device": device.device_kind, "devices": jax.device_count(), "batch": args.batch, "seq": args.seq,
-               "dtype": args.dtype, "mesh": args.mesh, "steps": args.steps, "runs": []}
+               "dtype": args.dtype, "mesh": args.mesh, "steps": args.steps,
+               "huge_pages": f"{TUNABLE}=1" in os.environ.get("GLIBC_TUNABLES", ""), "runs": []}
     if use_torch:
         import torch
         results["torch_threads"] = torch.get_num_threads()
@@ -252,7 +256,8 @@ def main() -> None:
         print(json.dumps(results, default=str))
         return
     print(f"{jax.device_count()} x {device.device_kind}, {args.dtype}, batch {args.batch} x {args.seq}, mesh {args.mesh}, "
-          f"median of {args.steps} interleaved steps (each after an untimed one of its own)" + (f", torch {results['torch_threads']} threads" if use_torch else ""))
+          f"median of {args.steps} interleaved steps (each after an untimed one of its own), "
+          f"huge pages {'on' if results['huge_pages'] else 'off'}" + (f", torch {results['torch_threads']} threads" if use_torch else ""))
     print("\n".join(lines))
     if "compile_s_by_layers" in results:
         print("compile time (scan over layers): " + ", ".join(

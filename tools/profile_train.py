@@ -311,6 +311,8 @@ def ablate_attention(cfg, args) -> dict:
 
 def main() -> None:
     args = parse_args()
+    from msm_jax.host_memory import reexec_with_huge_pages
+    reexec_with_huge_pages()  # as `msm` and bench_train.py run
     ns = argparse.Namespace(model=None, set=bench_train.REFERENCE[args.config] + args.set, dtype="float32",
                             remat=args.remat)
     cfg = bench_train.model_config(ns)

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 from msm_jax import storage
 from msm_jax.errors import UserError
 from msm_jax.experiment import manifest, paths
-from msm_jax.experiment.launchers import Launcher, LocalPodLauncher, TpuLauncher
+from msm_jax.experiment.launchers import Launcher, LocalPodLauncher, TpuLauncher, compile_cache_env
 from msm_jax.experiment.stages import Stage
 
 LOG_FILE = "stage.log"
@@ -227,7 +227,7 @@ def make_launcher(kind: str, tpu, out_root: str, processes: int = 2, devices: in
     """The local launcher, a local pod of `processes` x `devices` fake CPU devices, or the TPU
     one for a TpuLauncherConfig (whose stages must live on gs:// or the bucket mount)."""
     if kind == "local":
-        return Launcher()
+        return Launcher(env=compile_cache_env(out_root))
     if kind == "local-pod":
         if processes < 1 or devices < 1:
             raise UserError(f"--launcher local-pod: --processes ({processes}) and --devices-per-process "
