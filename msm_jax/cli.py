@@ -69,10 +69,6 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
 def main(argv: list[str] | None = None) -> int:
     from msm_jax.storage import use_emulator_from_env
 
-    if argv is None:  # a real `msm` process (not a call from Python): huge pages for XLA:CPU's temporaries
-        from msm_jax.host_memory import reexec_with_huge_pages
-        reexec_with_huge_pages()
-
     use_emulator_from_env()  # STORAGE_EMULATOR_HOST alone selects a local Cloud Storage, for every library
     parser = build_parser()
     try:
@@ -99,5 +95,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> int:
+    """The `msm` executable (and `python -m msm_jax.cli`): huge pages for XLA:CPU's temporaries
+    (a re-exec, see msm_jax/host_memory.py), then `main`. Only a real command line re-executes;
+    `main` called from Python (tests, notebooks) never replaces its process."""
+    from msm_jax.host_memory import reexec_with_huge_pages
+
+    reexec_with_huge_pages()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -5,9 +5,10 @@ and glibc serves a block that size from a fresh `mmap` each step, so every step 
 of it in again, 4 KiB at a time: 51.6k minor faults per step at 5.28M. With glibc's
 `glibc.malloc.hugetlb=1` tunable, malloc asks the kernel for transparent huge pages on such
 blocks (`madvise`), and the faults fall to ~500 per step. The tunable is read only when a
-process starts, so `msm` sets it and re-executes itself once, before anything is imported
-or printed; the process keeps its PID. `MSM_HUGE_PAGES=0` opts out. Where the kernel has
-transparent huge pages off, or the C library is not glibc, the setting does nothing.
+process starts, so the `msm` executable (`msm_jax.cli.entry`) sets it and re-executes itself
+once, before anything heavy is imported or anything printed; the process keeps its PID.
+`MSM_HUGE_PAGES=0` opts out. Where the kernel has transparent huge pages off, or the C library
+is not glibc, the setting does nothing.
 """
 
 from __future__ import annotations

@@ -47,3 +47,14 @@ def test_only_the_tunable_is_added():
     assert host_memory.with_huge_pages({"A": "1"}) == {"A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
     assert not host_memory.wanted({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})
     assert not host_memory.wanted({"MSM_HUGE_PAGES": "0"})
+
+
+@needs_glibc
+@pytest.mark.parametrize("call, restarts", [("entry", True), ("main", False)])
+def test_only_the_msm_executable_restarts_itself_never_a_call_of_main_from_python(call, restarts):
+    code = ("import os, sys; print('start', flush=True); sys.argv = ['msm']; from msm_jax import cli; "
+            f"cli.{call}(); print('env', os.environ.get('GLIBC_TUNABLES'))")
+    base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", host_memory.OPT_OUT)}
+    proc = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(("start", "env"))]
+    assert lines == ["start"] * (1 + restarts) + [f"env {'glibc.malloc.hugetlb=1' if restarts else None}"]
