@@ -29,6 +29,11 @@ def wanted(environ: dict) -> bool:
     return TUNABLE not in environ.get("GLIBC_TUNABLES", "")
 
 
+def enabled(environ: dict) -> bool:
+    """Whether this process runs with the tunable on (as `msm` and the benchmarks report it)."""
+    return f"{TUNABLE}=1" in environ.get("GLIBC_TUNABLES", "").split(":")
+
+
 def with_huge_pages(environ: dict) -> dict:
     """`environ` with the tunable added to GLIBC_TUNABLES (the user's other tunables kept)."""
     tunables = [t for t in environ.get("GLIBC_TUNABLES", "").split(":") if t]

@@ -20,9 +20,14 @@ print("env", os.environ.get("GLIBC_TUNABLES"), os.getpid(), sys.argv[1:])
 needs_glibc = pytest.mark.skipif(not host_memory.wanted({}), reason="not Linux with glibc")
 
 
-def run_probe(**env) -> list[str]:
+def clean_env(**env) -> dict:
+    """This environment without any huge-page setting, plus `env`."""
     base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", host_memory.OPT_OUT)}
-    proc = subprocess.run([sys.executable, "-c", PROBE, "a", "b=1"], env=dict(base, **env),
+    return dict(base, **env)
+
+
+def run_probe(**env) -> list[str]:
+    proc = subprocess.run([sys.executable, "-c", PROBE, "a", "b=1"], env=clean_env(**env),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.split("\n")
@@ -47,6 +52,8 @@ def test_only_the_tunable_is_added():
     assert host_memory.with_huge_pages({"A": "1"}) == {"A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
     assert not host_memory.wanted({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})
     assert not host_memory.wanted({"MSM_HUGE_PAGES": "0"})
+    assert host_memory.enabled({"GLIBC_TUNABLES": "a=1:glibc.malloc.hugetlb=1"})
+    assert not host_memory.enabled({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) and not host_memory.enabled({})
 
 
 @needs_glibc
@@ -54,7 +61,6 @@ def test_only_the_tunable_is_added():
 def test_only_the_msm_executable_restarts_itself_never_a_call_of_main_from_python(call, restarts):
     code = ("import os, sys; print('start', flush=True); sys.argv = ['msm']; from msm_jax import cli; "
             f"cli.{call}(); print('env', os.environ.get('GLIBC_TUNABLES'))")
-    base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", host_memory.OPT_OUT)}
-    proc = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=120)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("start", "env"))]
     assert lines == ["start"] * (1 + restarts) + [f"env {'glibc.malloc.hugetlb=1' if restarts else None}"]

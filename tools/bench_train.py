@@ -198,8 +198,8 @@ def cases(args) -> list[tuple[str, object]]:
 
 def main() -> None:
     args = parse_args()
-    from msm_jax.host_memory import TUNABLE, reexec_with_huge_pages
-    reexec_with_huge_pages()  # as `msm` runs: both stacks train in this process, with the same setting
+    from msm_jax import host_memory
+    host_memory.reexec_with_huge_pages()  # as `msm` runs: both stacks train in this process, with the same setting
     import jax
 
     from msm_jax.train.flops import device_peak_tflops, flops_per_token, mfu
@@ -222,7 +222,7 @@ def main() -> None:
     tokens = args.batch * args.seq
     results = {"device": device.device_kind, "devices": jax.device_count(), "batch": args.batch, "seq": args.seq,
                "dtype": args.dtype, "mesh": args.mesh, "steps": args.steps,
-               "huge_pages": f"{TUNABLE}=1" in os.environ.get("GLIBC_TUNABLES", ""), "runs": []}
+               "huge_pages": host_memory.enabled(os.environ), "runs": []}
     if use_torch:
         import torch
         results["torch_threads"] = torch.get_num_threads()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from msm_jax.experiment.stages import Stage
+from msm_jax.storage import is_remote
 
 ONE_HOST_KINDS = ("generate", "tokenizer", "shards", "report")  # CPU-only stages; every other kind is JAX
 ALL_HOSTS, HOST_0 = "all", "0"
@@ -107,7 +108,7 @@ def compile_cache_env(out_root: str) -> Optional[dict]:
     14.7 s first step, 26.3 s with a 3.5 s first step from the cache). None (no change) when
     the user set the cache themselves or the experiment lives in a bucket. Compiled XLA:CPU
     code is specific to the machine's processor, hence a folder per experiment, not a global one."""
-    if CACHE_ENV in os.environ or "://" in str(out_root):
+    if CACHE_ENV in os.environ or is_remote(out_root):
         return None
     return dict(os.environ, **{CACHE_ENV: str(Path(out_root, "jax_cache").absolute())})
 
