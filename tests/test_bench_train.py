@@ -31,3 +31,29 @@ def test_attention_benchmark_prints_every_variant(capsys):
     rows = [line.split(" | ")[0].lstrip("| ") for line in capsys.readouterr().out.splitlines()[3:]]
     assert rows == ["msm-jax xla_attention (segment mask)", "torch SDPA flash, causal", "torch SDPA flash, segment mask",
                     "torch SDPA math, causal", "torch SDPA math, segment mask"]
+
+
+def test_machine_load_reports_hypervisor_steal_between_two_readings(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 0 40 0 0\ncpu0 50 0 25 400 5 0 0 20 0 0\n")
+    before = bench_train.cpu_ticks(str(stat))
+    assert before == (40, 1000)
+    stat.write_text("cpu  500 0 100 1300 10 0 0 90 0 0\n")  # 1,000 more ticks, 50 of them stolen
+    load = bench_train.machine_load(before, bench_train.cpu_ticks(str(stat)))
+    assert load["steal_pct"] == 5.0
+    assert "hypervisor steal 5.0% of CPU time" in bench_train.describe_load(load)
+
+
+def test_machine_load_is_unknown_without_proc_stat(tmp_path):
+    assert bench_train.cpu_ticks(str(tmp_path / "missing")) is None
+    (tmp_path / "odd").write_text("intr 1 2 3\n")
+    assert bench_train.cpu_ticks(str(tmp_path / "odd")) is None
+    assert bench_train.machine_load(None, (1, 2))["steal_pct"] is None
+
+
+def test_round_ratios_pair_each_round_of_ours_with_the_same_round_of_the_baseline():
+    ours = [1.0, 2.0, 1.0, 1.0, 1.0]
+    torch = [1.1, 2.2, 1.1, 1.1, 0.9]  # round 2 ran in a slow second for both stacks
+    low, mid, high = bench_train.round_ratio_quartiles(ours, torch)
+    assert (round(low, 6), round(mid, 6), round(high, 6)) == (1.1, 1.1, 1.1)
+    assert bench_train.round_ratio_quartiles([2.0], [1.0]) == (0.5, 0.5, 0.5)

@@ -38,7 +38,7 @@ from msm_jax.models.config import ModelConfig  # noqa: E402
 from msm_jax.models.decoder import Decoder  # noqa: E402
 from msm_jax.sampling import Sampler, SamplingParams  # noqa: E402
 
-from bench_train import interleaved_times  # noqa: E402  (tools/, this script's own folder)
+from bench_train import cpu_ticks, describe_load, interleaved_times, machine_load  # noqa: E402  (tools/, this script's own folder)
 
 DEFAULT_SET = ["vocab_size=2048", "hidden_size=256", "intermediate_size=704", "num_layers=6",
                "num_heads=8", "num_kv_heads=2"]
@@ -134,12 +134,14 @@ def main() -> None:
             return one
 
         # Each timed call follows an untimed call of the same decoder (see bench_train.interleaved_times).
+        before = cpu_ticks()
         times = dict(zip(runners, interleaved_times([seconds(fn) for fn in runners.values()], args.rounds)))
+        load = machine_load(before, cpu_ticks())
     new = args.batch * args.new_tokens
     result = {"config": {"params_m": round(cfg.num_params() / 1e6, 2), "hidden": cfg.hidden_size,
                          "layers": cfg.num_layers, "vocab": cfg.vocab_size},
               "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-              "device": jax.devices()[0].platform, "torch_threads": threads, "decoders": {}}
+              "device": jax.devices()[0].platform, "torch_threads": threads, "machine": load, "decoders": {}}
     for name in runners:
         step = statistics.median(times[name])
         agree = float(np.mean(outputs[name] == outputs["kv_cache"]))
@@ -158,6 +160,7 @@ def main() -> None:
     for name, row in result["decoders"].items():
         print(f"| {name} | {row['tokens_per_s']:.0f} | {row['kv_cache_speedup']:.2f}x | "
               f"{100 * row['token_agreement_with_kv_cache']:.1f}% |")
+    print(describe_load(load).replace("timed steps", "timed rounds"))
 
 
 if __name__ == "__main__":

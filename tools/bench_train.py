@@ -166,6 +166,51 @@ def interleaved_times(steps: list, rounds: int) -> list[list[float]]:
     return times
 
 
+def round_ratio_quartiles(ours: list[float], baseline: list[float]) -> tuple[float, float, float]:
+    """Quartiles (25th, 50th, 75th percentile) of baseline/ours step time, paired round by round.
+    The two steps of a round ran seconds apart, so a slow minute of the machine moves both; the
+    spread of these ratios says how far one run's ratio of medians can be trusted."""
+    ratios = [b / a for a, b in zip(ours, baseline)]
+    if len(ratios) < 2:
+        return (ratios[0],) * 3
+    low, mid, high = statistics.quantiles(ratios, n=4, method="inclusive")
+    return low, mid, high
+
+
+def cpu_ticks(stat_path: str = "/proc/stat") -> tuple[int, int] | None:
+    """(steal, total) CPU ticks of the whole machine since boot, from Linux's /proc/stat; None
+    where that cannot be read. Steal is time the hypervisor ran something else on this VM's
+    vCPUs, which slows both stacks unevenly: a ratio is only worth quoting with the load it ran under."""
+    try:
+        with open(stat_path) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 5 or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks)
+
+
+def machine_load(before: tuple[int, int] | None, after: tuple[int, int] | None) -> dict:
+    """The load a benchmark ran under: hypervisor steal between two `cpu_ticks` readings, as a
+    percentage of all CPU time, and the 1-minute load average at the end (None where unknown)."""
+    steal = None
+    if before is not None and after is not None and after[1] > before[1]:
+        steal = 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"steal_pct": steal, "load_avg_1m": load}
+
+
+def describe_load(load: dict) -> str:
+    parts = []
+    if load["load_avg_1m"] is not None:
+        parts.append(f"load average {load['load_avg_1m']:.2f}")
+    if load["steal_pct"] is not None:
+        parts.append(f"hypervisor steal {load['steal_pct']:.1f}% of CPU time")
+    return "machine during the timed steps: " + (", ".join(parts) if parts else "unknown")
+
+
 def compile_seconds(cfg, args, layers: int) -> float:
     """Lower + compile the train step for a `layers`-deep model from abstract shapes."""
     import jax
@@ -217,16 +262,19 @@ def main() -> None:
         if use_torch and arch not in torch_runs:
             torch_runs[arch] = {"step": torch_stepper(cfg, args)}
     every = runs + list(torch_runs.values())
+    before = cpu_ticks()
     for run, times in zip(every, interleaved_times([run["step"] for run in every], args.steps)):
         run["times"] = times
+    load = machine_load(before, cpu_ticks())
     tokens = args.batch * args.seq
     results = {"device": device.device_kind, "devices": jax.device_count(), "batch": args.batch, "seq": args.seq,
                "dtype": args.dtype, "mesh": args.mesh, "steps": args.steps,
-               "huge_pages": host_memory.enabled(os.environ), "runs": []}
+               "huge_pages": host_memory.enabled(os.environ), "machine": load, "runs": []}
     if use_torch:
         import torch
         results["torch_threads"] = torch.get_num_threads()
-    lines = ["| config | stack | step (median) | tokens/s | vs transformers+torch |", "|---|---|---|---|---|"]
+    lines = ["| config | stack | step (median) | tokens/s | vs transformers+torch |",
+             "|---|---|---|---|---|"]
     for i, run in enumerate(runs):
         cfg = run["cfg"]
         step_s = statistics.median(run["times"])
@@ -238,9 +286,13 @@ def main() -> None:
         if base is not None:
             row["torch_step_s"] = statistics.median(base["times"])
             row["ratio_vs_torch"] = row["torch_step_s"] / step_s
+            row["round_ratio_quartiles"] = round_ratio_quartiles(run["times"], base["times"])
         results["runs"].append(row)
         size, _, variant = run["label"].rpartition(" ")
-        ratio = f"{row['ratio_vs_torch']:.2f}x" if "ratio_vs_torch" in row else "-"
+        ratio = "-"
+        if "ratio_vs_torch" in row:
+            low, _, high = row["round_ratio_quartiles"]
+            ratio = f"{row['ratio_vs_torch']:.2f}x (per-round IQR {low:.2f}-{high:.2f})"
         mfu_s = "" if row["mfu"] is None else f", MFU {100 * row['mfu']:.1f}%"
         lines.append(f"| {size} ({row['params_m']}M) | msm-jax {variant} | {1e3 * step_s:.0f} ms | "
                      f"{row['tokens_per_s']:.0f}{mfu_s} | {ratio} |")
@@ -259,6 +311,7 @@ def main() -> None:
           f"median of {args.steps} interleaved steps (each after an untimed one of its own), "
           f"huge pages {'on' if results['huge_pages'] else 'off'}" + (f", torch {results['torch_threads']} threads" if use_torch else ""))
     print("\n".join(lines))
+    print(describe_load(load))
     if "compile_s_by_layers" in results:
         print("compile time (scan over layers): " + ", ".join(
             f"{n} layers {t:.2f} s" for n, t in results["compile_s_by_layers"].items()))
