@@ -160,7 +160,7 @@ def main() -> None:
     for name, row in result["decoders"].items():
         print(f"| {name} | {row['tokens_per_s']:.0f} | {row['kv_cache_speedup']:.2f}x | "
               f"{100 * row['token_agreement_with_kv_cache']:.1f}% |")
-    print(describe_load(load).replace("timed steps", "timed rounds"))
+    print(describe_load(load, during="the timed rounds"))
 
 
 if __name__ == "__main__":

@@ -202,13 +202,14 @@ def machine_load(before: tuple[int, int] | None, after: tuple[int, int] | None) 
     return {"steal_pct": steal, "load_avg_1m": load}
 
 
-def describe_load(load: dict) -> str:
+def describe_load(load: dict, during: str = "the timed steps") -> str:
+    """One line for a `machine_load` result, e.g. under a benchmark's table."""
     parts = []
     if load["load_avg_1m"] is not None:
         parts.append(f"load average {load['load_avg_1m']:.2f}")
     if load["steal_pct"] is not None:
         parts.append(f"hypervisor steal {load['steal_pct']:.1f}% of CPU time")
-    return "machine during the timed steps: " + (", ".join(parts) if parts else "unknown")
+    return f"machine during {during}: " + (", ".join(parts) if parts else "unknown")
 
 
 def compile_seconds(cfg, args, layers: int) -> float:
@@ -273,8 +274,7 @@ def main() -> None:
     if use_torch:
         import torch
         results["torch_threads"] = torch.get_num_threads()
-    lines = ["| config | stack | step (median) | tokens/s | vs transformers+torch |",
-             "|---|---|---|---|---|"]
+    lines = ["| config | stack | step (median) | tokens/s | vs transformers+torch |", "|---|---|---|---|---|"]
     for i, run in enumerate(runs):
         cfg = run["cfg"]
         step_s = statistics.median(run["times"])
