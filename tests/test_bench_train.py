@@ -57,3 +57,22 @@ def test_round_ratios_pair_each_round_of_ours_with_the_same_round_of_the_baselin
     low, mid, high = bench_train.round_ratio_quartiles(ours, torch)
     assert (round(low, 6), round(mid, 6), round(high, 6)) == (1.1, 1.1, 1.1)
     assert bench_train.round_ratio_quartiles([2.0], [1.0]) == (0.5, 0.5, 0.5)
+
+
+def test_sampling_benchmark_splits_each_call_into_first_token_and_decode_steps(capsys):
+    import json
+
+    import bench_sampling
+
+    assert bench_sampling.phase_split(1.0, 0.37, 63) == {"first_token_s": 0.37, "decode_step_s": 0.01}
+    bench_sampling.main(["--set", "num_layers=1", "--batch", "2", "--prompt-len", "8", "--new-tokens", "3",
+                         "--chunk-size", "2", "--rounds", "1", "--no-recompute", "--json"])
+    decoders = json.loads(capsys.readouterr().out.splitlines()[-1])["decoders"]
+    assert set(decoders) == {"kv_cache", "transformers"}
+    for row in decoders.values():
+        assert row["token_agreement_with_kv_cache"] == 1.0
+        assert row["first_token_agrees"] is True  # the one-token call starts the same continuation
+        assert 0 < row["first_token_s"] < row["seconds"]
+        # the sampler ran 2 chunks of 2 steps (one of them in its one-token call), transformers 2 steps
+        steps = 3 if row is decoders["kv_cache"] else 2
+        assert abs(row["first_token_s"] + steps * row["decode_step_s"] - row["seconds"]) < 1e-9

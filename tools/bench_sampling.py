@@ -14,11 +14,18 @@ three decoders produce the same `new-tokens` greedy tokens for the same batch of
 Every decoder runs once to warm up, then `rounds` interleaved rounds (so all see the same
 background load), each timed call right after an untimed call of the same decoder; the median
 time of each is reported, with the token agreement.
+
+Where the time goes: in the same rounds, `kv_cache` and `transformers` also produce one token
+only (`max_tokens=1`: the prompt's forward pass, and for the sampler one decode step, from a
+sampler with 1-step chunks). That time is reported as "first token"; the rest of a full call,
+divided by the decode steps that call ran after it (`new-tokens - 1`; the sampler decodes whole
+chunks), as the time of one decode step of the batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -65,11 +72,16 @@ def recompute_greedy(model: Decoder, batch: int, plen: int, new_tokens: int):
     return run
 
 
-def transformers_greedy(hf_dir: Path, new_tokens: int):
+def load_transformers(hf_dir: Path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+
+
+def transformers_greedy(hf, new_tokens: int):
+    """A function prompts -> `new_tokens` greedy tokens through the loaded model's `generate`."""
+    import torch
 
     def run(prompts: np.ndarray) -> np.ndarray:
         ids = torch.tensor(prompts, dtype=torch.long)
@@ -78,7 +90,14 @@ def transformers_greedy(hf_dir: Path, new_tokens: int):
                               min_new_tokens=new_tokens, eos_token_id=None, pad_token_id=0)
         return out[:, prompts.shape[1]:].numpy()
 
-    return run, torch.get_num_threads()
+    return run
+
+
+def phase_split(seconds: float, first_token_seconds: float, further_steps: int) -> dict:
+    """A full call's time split into its first token (the prompt's forward pass) and the mean
+    of the `further_steps` decode steps the full call ran after it."""
+    return {"first_token_s": first_token_seconds,
+            "decode_step_s": (seconds - first_token_seconds) / max(further_steps, 1)}
 
 
 def export(model: Decoder, out: Path) -> Path:
@@ -90,7 +109,7 @@ def export(model: Decoder, out: Path) -> Path:
     return out / "hf"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny-llama", help="a preset under configs/models/ (then --set overrides)")
     parser.add_argument("--set", action="append", default=None, metavar="FIELD=VALUE",
@@ -104,7 +123,7 @@ def main() -> None:
     parser.add_argument("--no-recompute", action="store_true",
                         help="skip the recompute baseline (slow for long prompts)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     overrides = DEFAULT_SET if args.set is None else args.set
     cfg = load_config(ModelConfig, CONFIGS_DIR / "models" / f"{args.model}.yaml", overrides)
@@ -114,17 +133,26 @@ def main() -> None:
     sampler = Sampler(model, chunk_size=args.chunk_size)
     params = SamplingParams(max_tokens=args.new_tokens, temperature=0)
 
-    def cached(p):
+    first_sampler = Sampler(model, chunk_size=1)
+
+    def cached(p, sampler=sampler, params=params):
         return np.asarray([g.tokens for g in sampler.generate(p.tolist(), params, batch_size=args.batch)])
 
     runners = {} if args.no_recompute else {
         "recompute": recompute_greedy(model, args.batch, args.prompt_len, args.new_tokens)}
     runners["kv_cache"] = cached
+    # The same decoders producing one token: the prompt's forward pass (see the docstring).
+    first = {"kv_cache": lambda p: cached(p, first_sampler, dataclasses.replace(params, max_tokens=1))}
     threads = None
     with tempfile.TemporaryDirectory() as tmp:
         if not args.no_transformers:
-            runners["transformers"], threads = transformers_greedy(export(model, Path(tmp)), args.new_tokens)
+            import torch
+
+            hf = load_transformers(export(model, Path(tmp)))
+            runners["transformers"], first["transformers"] = (transformers_greedy(hf, n) for n in (args.new_tokens, 1))
+            threads = torch.get_num_threads()
         outputs = {name: fn(prompts) for name, fn in runners.items()}  # warm-up (compiles)
+        first_outputs = {name: fn(prompts) for name, fn in first.items()}
 
         def seconds(fn):
             def one() -> float:
@@ -135,8 +163,11 @@ def main() -> None:
 
         # Each timed call follows an untimed call of the same decoder (see bench_train.interleaved_times).
         before = cpu_ticks()
-        times = dict(zip(runners, interleaved_times([seconds(fn) for fn in runners.values()], args.rounds)))
+        timed = [seconds(fn) for fn in runners.values()] + [seconds(fn) for fn in first.values()]
+        all_times = interleaved_times(timed, args.rounds)
         load = machine_load(before, cpu_ticks())
+    times = dict(zip(runners, all_times))
+    first_times = dict(zip(first, all_times[len(runners):]))
     new = args.batch * args.new_tokens
     result = {"config": {"params_m": round(cfg.num_params() / 1e6, 2), "hidden": cfg.hidden_size,
                          "layers": cfg.num_layers, "vocab": cfg.vocab_size},
@@ -146,6 +177,15 @@ def main() -> None:
         step = statistics.median(times[name])
         agree = float(np.mean(outputs[name] == outputs["kv_cache"]))
         result["decoders"][name] = {"seconds": step, "tokens_per_s": new / step, "token_agreement_with_kv_cache": agree}
+        if name in first_times:
+            # transformers decodes new_tokens - 1 steps after the prompt's forward pass; the
+            # sampler runs whole chunks, and its one-token call already ran one decode step
+            steps = (args.new_tokens - 1 if name == "transformers"
+                     else -(-args.new_tokens // args.chunk_size) * args.chunk_size - 1)
+            result["decoders"][name].update(phase_split(step, statistics.median(first_times[name]), steps))
+            # the one-token call must start the same continuation
+            same_first = first_outputs[name][:, 0] == outputs[name][:, 0]
+            result["decoders"][name]["first_token_agrees"] = bool(same_first.all())
     kv = result["decoders"]["kv_cache"]["tokens_per_s"]
     for name, row in result["decoders"].items():
         row["kv_cache_speedup"] = kv / row["tokens_per_s"]
@@ -155,11 +195,13 @@ def main() -> None:
     print(f"{result['config']['params_m']}M-param Llama (d={cfg.hidden_size}, {cfg.num_layers} layers, "
           f"vocab {cfg.vocab_size}), batch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new tokens, "
           f"greedy, {result['device']}; median of {args.rounds} interleaved rounds")
-    print("| decoder | tokens/s | kv_cache speed-up | tokens equal to kv_cache |")
-    print("|---|---|---|---|")
+    print("| decoder | tokens/s | kv_cache speed-up | tokens equal to kv_cache | first token ms | decode step ms |")
+    print("|---|---|---|---|---|---|")
     for name, row in result["decoders"].items():
+        split = (f"{1e3 * row['first_token_s']:.1f} | {1e3 * row['decode_step_s']:.2f}" if "first_token_s" in row
+                 else "- | -")
         print(f"| {name} | {row['tokens_per_s']:.0f} | {row['kv_cache_speedup']:.2f}x | "
-              f"{100 * row['token_agreement_with_kv_cache']:.1f}% |")
+              f"{100 * row['token_agreement_with_kv_cache']:.1f}% | {split} |")
     print(describe_load(load, during="the timed rounds"))
 
 
