@@ -81,6 +81,19 @@ def _bucket(n: int, minimum: int = 16, step: int = 256) -> int:
     return max(minimum, 1 << (max(n, 1) - 1).bit_length())
 
 
+def _cache_len(plen: int, chunk: int, chunks: int, steps_total: int) -> int:
+    """KV-cache slots for the first `chunks` decode chunks: the prompt plus the chunks' tokens,
+    the decoded part doubled at each growth (a long generation compiles the decode about
+    log2(chunks) times) and capped at the whole generation. A decode step's attention is
+    bound by reading the cache, so a cache sized for the whole generation from the start
+    made every early step read slots that later tokens fill: 512 new tokens (5.28M model,
+    batch 8, 128-token prompts) decoded at 1.24-1.36x transformers' step, 1.46-1.72x grown."""
+    decoded = chunk
+    while decoded < chunks * chunk:
+        decoded *= 2
+    return plen + min(decoded, steps_total)
+
+
 def _rows(real: int, batch_size: int, multiple: int) -> int:
     """Rows to run for `real` prompts: a power of two (few shapes), at most batch_size,
     rounded up to the mesh's batch-sharding multiple."""
@@ -99,6 +112,7 @@ class Sampler:
         self.chunk_size = chunk_size
         self.graphdef, self.state = nnx.split(model)
         self._prefill = jax.jit(self._prefill_fn, static_argnames=("cache_len",))
+        self._grow = jax.jit(self._grow_fn, static_argnames=("cache_len",))
         self._decode = jax.jit(self._decode_fn, static_argnames=("greedy", "steps"))
         self._logprobs = jax.jit(self._logprobs_fn)
 
@@ -117,6 +131,13 @@ class Sampler:
         # whole prompt (~1.02x on the 5.28M bench model; the memory matters at real vocabularies).
         hidden, cache = model.hidden_states(tokens, positions, segment_ids, cache=cache)
         return model.logits(hidden[:, -1:])[:, 0], cache
+
+    def _grow_fn(self, cache, *, cache_len: int):
+        """The cache with empty slots (segment 0, invisible) appended up to cache_len."""
+        pad = cache_len - cache["segment_ids"].shape[1]
+        grown = {name: jnp.pad(cache[name], [(0, 0)] * 3 + [(0, pad), (0, 0)]) for name in ("k", "v")}
+        return self._constrain_cache({**grown, "segment_ids": jnp.pad(cache["segment_ids"], [(0, 0), (0, pad)]),
+                                      "index": cache["index"]})
 
     def _decode_fn(self, state, cache, logits, next_pos, done, key, temperature, top_k, top_p,
                    eos_ids, *, greedy: bool, steps: int):
@@ -214,10 +235,13 @@ class Sampler:
         with self._context():
             logits, cache = self._prefill(self.state, self._put(tokens, ("batch", "length")),
                                           self._put(pos, ("batch", "length")), self._put(segs, ("batch", "length")),
-                                          cache_len=plen + steps_total)
+                                          cache_len=_cache_len(plen, self.chunk_size, 1, steps_total))
             next_pos = self._put(np.asarray([len(p) for p in rows], np.int32), ("batch",))
             done = self._put(stopped.copy(), ("batch",))
             for c in range(steps_total // self.chunk_size):
+                cache_len = _cache_len(plen, self.chunk_size, c + 1, steps_total)
+                if cache_len > cache["segment_ids"].shape[1]:
+                    cache = self._grow(cache, cache_len=cache_len)
                 cache, logits, next_pos, done, out = self._decode(
                     self.state, cache, logits, next_pos, done, jax.random.fold_in(key, c),
                     jnp.float32(params.temperature), jnp.int32(params.top_k), jnp.float32(params.top_p),

@@ -193,3 +193,10 @@ def test_bad_sampling_params_are_rejected_by_validate():
         SamplingParams(top_p=0.0).validate()
     with pytest.raises(ValueError, match="max_tokens"):
         SamplingParams(max_tokens=0).validate()
+
+
+def test_the_cache_grows_by_doubling_the_decoded_part_up_to_the_whole_generation():
+    from msm_jax.sampling import _cache_len
+
+    assert [_cache_len(100, 8, c, 64) for c in range(1, 9)] == [108, 116, 132, 132, 164, 164, 164, 164]
+    assert _cache_len(100, 8, 5, 40) == 140  # never past the generation's own length
