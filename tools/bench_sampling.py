@@ -45,7 +45,8 @@ from msm_jax.models.config import ModelConfig  # noqa: E402
 from msm_jax.models.decoder import Decoder  # noqa: E402
 from msm_jax.sampling import Sampler, SamplingParams  # noqa: E402
 
-from bench_train import cpu_ticks, describe_load, interleaved_times, machine_load  # noqa: E402  (tools/, this script's own folder)
+# tools/, this script's own folder
+from bench_train import cpu_ticks, describe_load, interleaved_times, machine_load  # noqa: E402
 
 DEFAULT_SET = ["vocab_size=2048", "hidden_size=256", "intermediate_size=704", "num_layers=6",
                "num_heads=8", "num_kv_heads=2"]
@@ -130,19 +131,16 @@ def main(argv: list[str] | None = None) -> None:
     model = Decoder(cfg, nnx.Rngs(0))
     rng = np.random.default_rng(0)
     prompts = rng.integers(1, cfg.vocab_size, size=(args.batch, args.prompt_len)).astype(np.int32)
-    sampler = Sampler(model, chunk_size=args.chunk_size)
     params = SamplingParams(max_tokens=args.new_tokens, temperature=0)
 
-    first_sampler = Sampler(model, chunk_size=1)
-
-    def cached(p, sampler=sampler, params=params):
-        return np.asarray([g.tokens for g in sampler.generate(p.tolist(), params, batch_size=args.batch)])
+    def sampler_greedy(sampler: Sampler, params: SamplingParams):
+        return lambda p: np.asarray([g.tokens for g in sampler.generate(p.tolist(), params, batch_size=args.batch)])
 
     runners = {} if args.no_recompute else {
         "recompute": recompute_greedy(model, args.batch, args.prompt_len, args.new_tokens)}
-    runners["kv_cache"] = cached
+    runners["kv_cache"] = sampler_greedy(Sampler(model, chunk_size=args.chunk_size), params)
     # The same decoders producing one token: the prompt's forward pass (see the docstring).
-    first = {"kv_cache": lambda p: cached(p, first_sampler, dataclasses.replace(params, max_tokens=1))}
+    first = {"kv_cache": sampler_greedy(Sampler(model, chunk_size=1), dataclasses.replace(params, max_tokens=1))}
     threads = None
     with tempfile.TemporaryDirectory() as tmp:
         if not args.no_transformers:
