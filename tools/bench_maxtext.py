@@ -47,19 +47,27 @@ def parse_args(argv=None):
     p.add_argument("--maxtext-remat", default="minimal_with_context",
                    help="MaxText remat_policy (its fastest by its own docs; 'full' is its default)")
     p.add_argument("--maxtext-scan", choices=["true", "false"], default="true", help="MaxText scan_layers")
+    p.add_argument("--configs", default=",".join(bench_train.REFERENCE),
+                   help="reference configs to run, comma-separated (default: all of tools/bench_train.py's)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per MaxText process")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args(argv)
     for name in ("rounds", "steps", "warmup"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
+    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in args.configs if c not in bench_train.REFERENCE]
+    if unknown or not args.configs:
+        p.error(f"--configs: unknown {unknown or 'none given'}; choose from {', '.join(bench_train.REFERENCE)}")
     return args
 
 
-def reference_configs() -> dict:
+def reference_configs(names=None) -> dict:
     """name -> msm-jax ModelConfig for bench_train's reference configs, with msm-jax's defaults."""
     out = {}
     for name, overrides in bench_train.REFERENCE.items():
+        if names is not None and name not in names:
+            continue
         ns = argparse.Namespace(model=None, set=overrides, dtype="float32", remat="projections")
         out[name] = bench_train.model_config(ns)
     return out
@@ -132,7 +140,7 @@ def main(argv=None) -> None:
     info = maxtext_info(args.maxtext_python)
     config_yml = os.path.join(info["dir"], "configs", "base.yml")
     batch, seq = 8, 256
-    configs = reference_configs()
+    configs = reference_configs(args.configs)
     steppers = {name: ours_stepper(cfg, batch, seq) for name, cfg in configs.items()}
     times = {name: {"msm_jax": [], "maxtext": []} for name in configs}
     out_dir = tempfile.mkdtemp(prefix="msm_bench_maxtext_")  # MaxText's run folder (config dump, logs)
