@@ -12,8 +12,8 @@ The two reference configs of tools/bench_train.py (fp32 AdamW, batch 8 x 256) ar
 by MaxText's own trainer (`maxtext.trainers.pre_train.train`, synthetic data, no checkpoints or TensorBoard,
 one fresh process per config and round, its `remat_policy` and `scan_layers` as given) and by msm-jax's
 train step in this process (its defaults: scan_layers=true, remat `projections`). MaxText's step time is its
-own log's per-step `seconds` (wall time between step completions); ours is timed the same way, consecutive
-steps after warm-up steps. The MaxText processes inherit this process's environment, so both stacks run with
+own log's per-step `seconds` (wall time between step completions, its host work overlapped with the running
+step by asynchronous dispatch); ours is each step blocked on in turn, consecutive steps after warm-up steps. The MaxText processes inherit this process's environment, so both stacks run with
 the same allocator settings (huge pages, see msm_jax/host_memory.py).
 """
 
@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -75,13 +74,12 @@ def reference_configs(names=None) -> dict:
 
 def maxtext_overrides(cfg, args, batch: int, seq: int, out_dir: str) -> list[str]:
     """MaxText `key=value` overrides describing the same model, batch and optimizer as `cfg`."""
-    head_dim = cfg.head_dim or cfg.hidden_size // cfg.num_heads
     return [
         "run_name=bench", f"base_output_directory={out_dir}", "hardware=cpu", "dataset_type=synthetic",
         f"steps={args.warmup + args.steps}", f"per_device_batch_size={batch}", f"max_target_length={seq}",
         f"base_emb_dim={cfg.hidden_size}", f"base_num_query_heads={cfg.num_heads}",
         f"base_num_kv_heads={cfg.num_kv_heads}", f"base_mlp_dim={cfg.intermediate_size}",
-        f"base_num_decoder_layers={cfg.num_layers}", f"head_dim={head_dim}", f"vocab_size={cfg.vocab_size}",
+        f"base_num_decoder_layers={cfg.num_layers}", f"head_dim={cfg.resolved_head_dim}", f"vocab_size={cfg.vocab_size}",
         f"rope_max_timescale={int(cfg.rope_theta)}", f"normalization_layer_epsilon={cfg.rms_norm_eps}",
         "decoder_block=llama2", "dtype=float32", "weight_dtype=float32", "opt_type=adamw",
         f"logits_via_embedding={str(cfg.tie_embeddings).lower()}",
@@ -103,7 +101,7 @@ def maxtext_info(python: str) -> dict:
             "'python': '.'.join(map(str, __import__('sys').version_info[:3]))}))")
     try:
         done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=300)
-    except OSError as e:
+    except (OSError, subprocess.TimeoutExpired) as e:
         raise SystemExit(f"--maxtext-python {python}: cannot run it ({e})")
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -116,7 +114,10 @@ def run_maxtext(python: str, config_yml: str, overrides: list[str], timeout: flo
     """One MaxText training process; its combined log. Fails loudly (with the log's tail) on error."""
     env = {**os.environ, "DECOUPLE_GCLOUD": "TRUE"}
     cmd = [python, "-m", "maxtext.trainers.pre_train.train", config_yml, *overrides]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"MaxText ran past --timeout {timeout:g} s; raise it for a slower machine") from None
     log = done.stdout + done.stderr
     if done.returncode != 0:
         tail = "\n".join(log.strip().splitlines()[-15:])
@@ -143,22 +144,21 @@ def main(argv=None) -> None:
     configs = reference_configs(args.configs)
     steppers = {name: ours_stepper(cfg, batch, seq) for name, cfg in configs.items()}
     times = {name: {"msm_jax": [], "maxtext": []} for name in configs}
-    out_dir = tempfile.mkdtemp(prefix="msm_bench_maxtext_")  # MaxText's run folder (config dump, logs)
     before = bench_train.cpu_ticks()
-    for _ in range(args.rounds):
-        for name, cfg in configs.items():
-            log = run_maxtext(args.maxtext_python, config_yml, maxtext_overrides(cfg, args, batch, seq, out_dir),
-                              args.timeout)
-            got = step_seconds(log, args.warmup)
-            if not got:
-                raise SystemExit(f"MaxText ({name}) logged no 'completed step' lines past step {args.warmup}")
-            times[name]["maxtext"].extend(got)
-            one = steppers[name]
-            for _ in range(args.warmup):
-                one()
-            times[name]["msm_jax"].extend(one() for _ in range(args.steps))
+    with tempfile.TemporaryDirectory(prefix="msm_bench_maxtext_") as out_dir:  # MaxText's run folder
+        for _ in range(args.rounds):
+            for name, cfg in configs.items():
+                log = run_maxtext(args.maxtext_python, config_yml,
+                                  maxtext_overrides(cfg, args, batch, seq, out_dir), args.timeout)
+                got = step_seconds(log, args.warmup)
+                if not got:
+                    raise SystemExit(f"MaxText ({name}) logged no 'completed step' lines past step {args.warmup}")
+                times[name]["maxtext"].extend(got)
+                one = steppers[name]
+                for _ in range(args.warmup):
+                    one()
+                times[name]["msm_jax"].extend(one() for _ in range(args.steps))
     load = bench_train.machine_load(before, bench_train.cpu_ticks())
-    shutil.rmtree(out_dir, ignore_errors=True)
     tokens = batch * seq
     results = {"batch": batch, "seq": seq, "dtype": "float32", "rounds": args.rounds, "steps": args.steps,
                "msm_jax": {"jax": jax.__version__, "python": ".".join(map(str, sys.version_info[:3])),
