@@ -13,8 +13,9 @@ by MaxText's own trainer (`maxtext.trainers.pre_train.train`, synthetic data, no
 one fresh process per config and round, its `remat_policy` and `scan_layers` as given) and by msm-jax's
 train step in this process (its defaults: scan_layers=true, remat `projections`). MaxText's step time is its
 own log's per-step `seconds` (wall time between step completions, its host work overlapped with the running
-step by asynchronous dispatch); ours is each step blocked on in turn, consecutive steps after warm-up steps. The MaxText processes inherit this process's environment, so both stacks run with
-the same allocator settings (huge pages, see msm_jax/host_memory.py).
+step by asynchronous dispatch); ours is each step blocked on in turn, consecutive steps after warm-up steps. The
+MaxText processes inherit this process's environment, so both stacks run with the same allocator settings (huge
+pages, see msm_jax/host_memory.py).
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def maxtext_overrides(cfg, args, batch: int, seq: int, out_dir: str) -> list[str
         f"steps={args.warmup + args.steps}", f"per_device_batch_size={batch}", f"max_target_length={seq}",
         f"base_emb_dim={cfg.hidden_size}", f"base_num_query_heads={cfg.num_heads}",
         f"base_num_kv_heads={cfg.num_kv_heads}", f"base_mlp_dim={cfg.intermediate_size}",
-        f"base_num_decoder_layers={cfg.num_layers}", f"head_dim={cfg.resolved_head_dim}", f"vocab_size={cfg.vocab_size}",
+        f"base_num_decoder_layers={cfg.num_layers}", f"head_dim={cfg.resolved_head_dim}",
+        f"vocab_size={cfg.vocab_size}",
         f"rope_max_timescale={int(cfg.rope_theta)}", f"normalization_layer_epsilon={cfg.rms_norm_eps}",
         "decoder_block=llama2", "dtype=float32", "weight_dtype=float32", "opt_type=adamw",
         f"logits_via_embedding={str(cfg.tie_embeddings).lower()}",
